@@ -1,0 +1,88 @@
+#include <doctest/doctest.h>
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include <ssmq/precision/paper_configs.hpp>
+#include <ssmq/precision/precision.hpp>
+
+using ssmq::component;
+
+TEST_CASE("a configuration type names itself") {
+  using hetero = ssmq::precision<ssmq::abar<8>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>;
+  CHECK(hetero::name() == "Abar8_x8_W4_act6");
+  CHECK(ssmq::paper::float32::name() == "fp32");
+  CHECK(ssmq::paper::uniform<8>::name() == "all8");
+  CHECK(ssmq::paper::uniform<16>::name() == "all16");
+  CHECK(ssmq::paper::hetero_a8x8::name() == "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6");
+  CHECK(ssmq::paper::hetero_a6x6::name() == "Abar6_Bbar4_Cbar4_D4_x6_ssm6_W4_act6");
+  // Order of the arguments does not change the name (the canonical order is fixed).
+  using reordered = ssmq::precision<ssmq::acts<6>, ssmq::weights<4>, ssmq::state<8>, ssmq::abar<8>>;
+  CHECK(reordered::name() == hetero::name());
+  CHECK(reordered::spec == hetero::spec);
+}
+
+TEST_CASE("policies appear as flags that differ from each component's default") {
+  using p = ssmq::precision<ssmq::abar<8, ssmq::symmetric, ssmq::per_tensor>,
+                            ssmq::state<8, ssmq::minmax, ssmq::dynamic>,
+                            ssmq::weights<4, ssmq::per_head, ssmq::narrow_range>,
+                            ssmq::acts<6, ssmq::unsigned_int>>;
+  CHECK(p::name() == "Abar8st_x8md_W4hn_act6u");
+  CHECK(p::spec_of<component::abar>.sym == ssmq::symmetry::symmetric);
+  CHECK(p::spec_of<component::abar>.gran == ssmq::granularity::per_tensor);
+  CHECK(p::spec_of<component::state>.mode == ssmq::range_mode::dynamic_range);
+  CHECK(p::spec_of<component::weights>.range == ssmq::int_range::narrow);
+  CHECK_FALSE(p::spec_of<component::cbar>.quantized());
+}
+
+TEST_CASE("names parse back to the same configuration, at compile time and at run time") {
+  static_assert(std::is_same_v<ssmq::precision_named<"Abar8_x8_W4_act6">,
+                               ssmq::precision<ssmq::abar<8>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>>);
+  static_assert(std::is_same_v<ssmq::precision_named<"all8">, ssmq::paper::uniform<8>>);
+  static_assert(std::is_same_v<ssmq::precision_named<"fp32">, ssmq::precision<>>);
+  static_assert(std::is_same_v<ssmq::precision_named<"x8md_Abar8st">,
+                               ssmq::precision<ssmq::abar<8, ssmq::symmetric, ssmq::per_tensor>,
+                                               ssmq::state<8, ssmq::minmax, ssmq::dynamic>>>);
+  for (const char* name : {"fp32", "all8", "all4", "Abar8_x8_W4_act6", "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6",
+                           "Abar8st_x8md_W4hn_act6u", "D16", "ssm2"}) {
+    const auto spec = ssmq::precision_from_name(name);
+    CHECK(std::string(spec.name().view()) == name);
+  }
+  // "all" sets every component; later items override it.
+  const auto s = ssmq::precision_from_name("all8_W4_act6");
+  CHECK(s[component::weights].bits == 4);
+  CHECK(s[component::acts].bits == 6);
+  CHECK(s[component::abar].bits == 8);
+  CHECK(std::string(s.name().view()) == "Abar8_Bbar8_Cbar8_D8_x8_ssm8_W4_act6");
+}
+
+TEST_CASE("bad names are rejected with the reason") {
+  auto reason = [](const char* name) {
+    try {
+      (void)ssmq::precision_from_name(name);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK(reason("A8").find("unknown component") != std::string::npos);
+  CHECK(reason("Abar1").find("2..16") != std::string::npos);
+  CHECK(reason("Abar17").find("2..16") != std::string::npos);
+  CHECK(reason("Abar8_Abar4").find("twice") != std::string::npos);
+  CHECK(reason("W4_all8").find("first") != std::string::npos);
+  CHECK(reason("W4q").find("unknown flag") != std::string::npos);
+  CHECK(reason("W").find("bit-width") != std::string::npos);
+  CHECK(reason("").find("empty") != std::string::npos);
+  CHECK(reason("W4__act6").find("expected") != std::string::npos);
+  CHECK(reason("W4_") != "accepted");
+}
+
+TEST_CASE("the Hana map holds exactly the named components") {
+  using hetero = ssmq::paper::hetero_a8x8;
+  static_assert(boost::hana::length(hetero::map) == boost::hana::size_c<8>);
+  using h2 = ssmq::precision<ssmq::abar<8>, ssmq::weights<4>>;
+  static_assert(boost::hana::length(h2::map) == boost::hana::size_c<2>);
+  CHECK(std::is_same_v<h2::of<component::abar>, ssmq::abar<8>>);
+  CHECK(std::is_same_v<h2::of<component::cbar>, ssmq::cbar<ssmq::fp32>>);
+}
