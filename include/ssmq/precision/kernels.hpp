@@ -12,7 +12,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
+#include <string>
 #include <stdexcept>
 #include <type_traits>
 
@@ -47,12 +49,18 @@ inline void check_limits(int_limits lim, std::int64_t lo, std::int64_t hi) {
 // ============================== scalar reference ==============================
 namespace scalar {
 
-/// The clamped level round_half_up(x * inv_scale) + zero_point, as a float (exact integer).
-[[nodiscard]] inline float level(float x, const affine_params& p, int_limits lim) noexcept {
+/// round_half_up(x * inv_scale) + zero_point before clamping, as a float (an exact integer
+/// whenever it matters: beyond 2^24 it is clamped or rejected anyway).
+[[nodiscard]] inline float unclamped_level(float x, const affine_params& p) noexcept {
   const float v = x * p.inv_scale;
   const float f = std::floor(v);
   const float r = (v - f >= 0.5f) ? f + 1.0f : f;
-  const float c = r + static_cast<float>(p.zero_point);
+  return r + static_cast<float>(p.zero_point);
+}
+
+/// The level clamped to [qmin, qmax].
+[[nodiscard]] inline float level(float x, const affine_params& p, int_limits lim) noexcept {
+  const float c = unclamped_level(x, p);
   const float lo = static_cast<float>(lim.qmin), hi = static_cast<float>(lim.qmax);
   return c < lo ? lo : (c > hi ? hi : c);
 }
@@ -74,10 +82,7 @@ namespace scalar {
 /// Straight-through estimator: true when the unclamped level lies in [qmin, qmax], i.e. the
 /// gradient passes through rounding and is zero outside the clipping range on both sides.
 [[nodiscard]] inline bool ste_passes(float x, const affine_params& p, int_limits lim) noexcept {
-  const float v = x * p.inv_scale;
-  const float f = std::floor(v);
-  const float r = (v - f >= 0.5f) ? f + 1.0f : f;
-  const float c = r + static_cast<float>(p.zero_point);
+  const float c = unclamped_level(x, p);
   return c >= static_cast<float>(lim.qmin) && c <= static_cast<float>(lim.qmax);
 }
 
@@ -86,6 +91,7 @@ void quantize(std::span<const float> x, std::span<T> q, std::span<const affine_p
               const head_layout& layout, int_limits lim) {
   detail::check_same_size(x.size(), q.size(), "quantize");
   detail::check_params(params.size(), layout);
+  detail::check_limits(lim, std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
   for_each_head_run(layout, x.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
     for (std::size_t i = off; i < off + len; ++i)
       q[i] = static_cast<T>(quantize_value(x[i], params[h], lim));
@@ -142,13 +148,17 @@ using int32_batch = xsimd::batch<std::int32_t>;
 using int64_batch = xsimd::batch<std::int64_t>;
 inline constexpr std::size_t width = float_batch::size;
 
-/// Batch form of scalar::level (same operations, same order).
-[[nodiscard]] inline float_batch level(float_batch x, float_batch inv, float_batch zp, float_batch lo,
-                                       float_batch hi) noexcept {
+/// Batch form of scalar::unclamped_level (same operations, same order).
+[[nodiscard]] inline float_batch unclamped_level(float_batch x, float_batch inv, float_batch zp) noexcept {
   const float_batch v = x * inv;
   const float_batch f = xsimd::floor(v);
-  const float_batch r = xsimd::select((v - f) >= float_batch(0.5f), f + float_batch(1.0f), f);
-  const float_batch c = r + zp;
+  return xsimd::select((v - f) >= float_batch(0.5f), f + float_batch(1.0f), f) + zp;
+}
+
+/// Batch form of scalar::level.
+[[nodiscard]] inline float_batch level(float_batch x, float_batch inv, float_batch zp, float_batch lo,
+                                       float_batch hi) noexcept {
+  const float_batch c = unclamped_level(x, inv, zp);
   return xsimd::select(c < lo, lo, xsimd::select(c > hi, hi, c));
 }
 
@@ -168,18 +178,22 @@ void quantize(std::span<const float> x, std::span<T> q, std::span<const affine_p
               const head_layout& layout, int_limits lim) {
   kernels::detail::check_same_size(x.size(), q.size(), "quantize");
   kernels::detail::check_params(params.size(), layout);
+  kernels::detail::check_limits(lim, std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
   const float_batch lo(static_cast<float>(lim.qmin)), hi(static_cast<float>(lim.qmax));
-  for_each_head_run(layout, x.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
-    const affine_params& p = params[h];
+  // Raw pointers and values captured by copy: GCC keeps them in registers across the run.
+  const float* xp = x.data();
+  T* qp = q.data();
+  for_each_head_run(layout, x.size(), [=](std::size_t h, std::size_t off, std::size_t len) {
+    const affine_params p = params[h];
     const float_batch inv(p.inv_scale), zp(static_cast<float>(p.zero_point));
     detail::run_batches(
         off, len,
-        [&](std::size_t i) {
-          const float_batch xb = float_batch::load_unaligned(x.data() + i);
+        [=](std::size_t i) {
+          const float_batch xb = float_batch::load_unaligned(xp + i);
           const float_batch c = xsimd::select(xsimd::isnan(xb), zp, level(xb, inv, zp, lo, hi));
-          xsimd::batch_cast<std::int32_t>(c).store_unaligned(q.data() + i);
+          xsimd::batch_cast<std::int32_t>(c).store_unaligned(qp + i);
         },
-        [&](std::size_t i) { q[i] = static_cast<T>(scalar::quantize_value(x[i], p, lim)); });
+        [=](std::size_t i) { qp[i] = static_cast<T>(scalar::quantize_value(xp[i], p, lim)); });
   });
 }
 
@@ -188,16 +202,19 @@ void dequantize(std::span<const T> q, std::span<float> x, std::span<const affine
                 const head_layout& layout) {
   kernels::detail::check_same_size(q.size(), x.size(), "dequantize");
   kernels::detail::check_params(params.size(), layout);
-  for_each_head_run(layout, q.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
-    const affine_params& p = params[h];
+  // Raw pointers and values captured by copy: GCC keeps them in registers across the run.
+  const T* qp = q.data();
+  float* xp = x.data();
+  for_each_head_run(layout, q.size(), [=](std::size_t h, std::size_t off, std::size_t len) {
+    const affine_params p = params[h];
     const float_batch scale(p.scale), zp(static_cast<float>(p.zero_point));
     detail::run_batches(
         off, len,
-        [&](std::size_t i) {
-          const float_batch qb = xsimd::batch_cast<float>(int32_batch::load_unaligned(q.data() + i));
-          ((qb - zp) * scale).store_unaligned(x.data() + i);
+        [=](std::size_t i) {
+          const float_batch qb = xsimd::batch_cast<float>(int32_batch::load_unaligned(qp + i));
+          ((qb - zp) * scale).store_unaligned(xp + i);
         },
-        [&](std::size_t i) { x[i] = scalar::dequantize_value(q[i], p); });
+        [=](std::size_t i) { xp[i] = scalar::dequantize_value(qp[i], p); });
   });
 }
 
@@ -206,17 +223,19 @@ inline void fake_quant(std::span<const float> x, std::span<float> y, std::span<c
   kernels::detail::check_same_size(x.size(), y.size(), "fake_quant");
   kernels::detail::check_params(params.size(), layout);
   const float_batch lo(static_cast<float>(lim.qmin)), hi(static_cast<float>(lim.qmax));
-  for_each_head_run(layout, x.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
-    const affine_params& p = params[h];
+  const float* xp = x.data();
+  float* yp = y.data();
+  for_each_head_run(layout, x.size(), [=](std::size_t h, std::size_t off, std::size_t len) {
+    const affine_params p = params[h];
     const float_batch inv(p.inv_scale), zp(static_cast<float>(p.zero_point)), scale(p.scale);
     detail::run_batches(
         off, len,
-        [&](std::size_t i) {
-          const float_batch xb = float_batch::load_unaligned(x.data() + i);
+        [=](std::size_t i) {
+          const float_batch xb = float_batch::load_unaligned(xp + i);
           const float_batch yb = (level(xb, inv, zp, lo, hi) - zp) * scale;
-          xsimd::select(xsimd::isnan(xb), xb, yb).store_unaligned(y.data() + i);
+          xsimd::select(xsimd::isnan(xb), xb, yb).store_unaligned(yp + i);
         },
-        [&](std::size_t i) { y[i] = scalar::fake_quant_value(x[i], p, lim); });
+        [=](std::size_t i) { yp[i] = scalar::fake_quant_value(xp[i], p, lim); });
   });
 }
 
@@ -227,20 +246,20 @@ inline void fake_quant_backward(std::span<const float> x, std::span<const float>
   kernels::detail::check_same_size(x.size(), dx.size(), "fake_quant_backward");
   kernels::detail::check_params(params.size(), layout);
   const float_batch lo(static_cast<float>(lim.qmin)), hi(static_cast<float>(lim.qmax));
-  for_each_head_run(layout, x.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
-    const affine_params& p = params[h];
+  const float* xp = x.data();
+  const float* dyp = dy.data();
+  float* dxp = dx.data();
+  for_each_head_run(layout, x.size(), [=](std::size_t h, std::size_t off, std::size_t len) {
+    const affine_params p = params[h];
     const float_batch inv(p.inv_scale), zp(static_cast<float>(p.zero_point));
     detail::run_batches(
         off, len,
-        [&](std::size_t i) {
-          const float_batch v = float_batch::load_unaligned(x.data() + i) * inv;
-          const float_batch f = xsimd::floor(v);
-          const float_batch c = xsimd::select((v - f) >= float_batch(0.5f), f + float_batch(1.0f), f) + zp;
+        [=](std::size_t i) {
+          const float_batch c = unclamped_level(float_batch::load_unaligned(xp + i), inv, zp);
           const auto pass = (c >= lo) && (c <= hi);
-          xsimd::select(pass, float_batch::load_unaligned(dy.data() + i), float_batch(0.0f))
-              .store_unaligned(dx.data() + i);
+          xsimd::select(pass, float_batch::load_unaligned(dyp + i), float_batch(0.0f)).store_unaligned(dxp + i);
         },
-        [&](std::size_t i) { dx[i] = scalar::ste_passes(x[i], p, lim) ? dy[i] : 0.0f; });
+        [=](std::size_t i) { dxp[i] = scalar::ste_passes(xp[i], p, lim) ? dyp[i] : 0.0f; });
   });
 }
 
