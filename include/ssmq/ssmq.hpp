@@ -1,6 +1,6 @@
 #pragma once
 // ssmq: quantized small state-space models (S4D) for edge devices. This header includes the
-// whole public API; each part can also be included on its own.
+// whole public API; each part can also be included on its own (one concept per header).
 #include "precision/affine.hpp"
 #include "precision/calibration.hpp"
 #include "precision/component.hpp"
@@ -14,4 +14,23 @@
 #include "precision/quant_spec.hpp"
 #include "precision/requantize.hpp"
 #include "precision/rounding.hpp"
+#include "s4d/causal_conv.hpp"
+#include "s4d/discretize.hpp"
+#include "s4d/kernel.hpp"
+#include "s4d/model.hpp"
+#include "s4d/params.hpp"
+#include "s4d/recurrent.hpp"
 #include "s4d/shape.hpp"
+#include "nn/activations.hpp"
+#include "nn/layer_norm.hpp"
+#include "nn/linear.hpp"
+#include "nn/loss.hpp"
+#include "data/batcher.hpp"
+#include "data/dataset.hpp"
+#include "data/idx.hpp"
+#include "data/sequence.hpp"
+#include "io/model_checkpoint.hpp"
+#include "io/safetensors.hpp"
+#include "train/optimizer.hpp"
+#include "train/progress.hpp"
+#include "train/trainer.hpp"

@@ -275,7 +275,8 @@ void requantize(std::span<const std::int32_t> acc, std::span<T> out, fixed_multi
   for (; i + w <= acc.size(); i += w) {
     const int64_batch a = int64_batch::load_unaligned(acc.data() + i);
     const int64_batch r = ((a * m0 + half) >> m.shift) + zp;
-    xsimd::select(r < lo, lo, xsimd::select(r > hi, hi, r)).store_unaligned(out.data() + i);
+    // min/max rather than select: GCC 12 at -O0 cannot compile xsimd's AVX-512BW integer select.
+    xsimd::min(xsimd::max(r, lo), hi).store_unaligned(out.data() + i);
   }
   for (; i < acc.size(); ++i) out[i] = static_cast<T>(ssmq::requantize(acc[i], m, zero_point, lim));
 }

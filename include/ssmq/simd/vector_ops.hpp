@@ -5,6 +5,8 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "fma.hpp"
+
 namespace ssmq::simd {
 
 /// y[i] += a * x[i], i < n.
@@ -15,7 +17,7 @@ inline void axpy(std::size_t n, T a, const T* x, T* y) noexcept {
   const batch av(a);
   std::size_t i = 0;
   for (; i + w <= n; i += w)
-    xsimd::fma(av, batch::load_unaligned(x + i), batch::load_unaligned(y + i)).store_unaligned(y + i);
+    fmadd(av, batch::load_unaligned(x + i), batch::load_unaligned(y + i)).store_unaligned(y + i);
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -26,7 +28,7 @@ template <class T>
   constexpr std::size_t w = batch::size;
   batch acc(T(0));
   std::size_t i = 0;
-  for (; i + w <= n; i += w) acc = xsimd::fma(batch::load_unaligned(x + i), batch::load_unaligned(y + i), acc);
+  for (; i + w <= n; i += w) acc = fmadd(batch::load_unaligned(x + i), batch::load_unaligned(y + i), acc);
   T s = xsimd::hadd(acc);
   for (; i < n; ++i) s += x[i] * y[i];
   return s;
@@ -39,7 +41,7 @@ inline void scale_shift(std::size_t n, T a, const T* x, T b, T* y) noexcept {
   constexpr std::size_t w = batch::size;
   const batch av(a), bv(b);
   std::size_t i = 0;
-  for (; i + w <= n; i += w) xsimd::fma(av, batch::load_unaligned(x + i), bv).store_unaligned(y + i);
+  for (; i + w <= n; i += w) fmadd(av, batch::load_unaligned(x + i), bv).store_unaligned(y + i);
   for (; i < n; ++i) y[i] = a * x[i] + b;
 }
 

@@ -1,0 +1,243 @@
+// ssmq: the command-line tool.
+//   ssmq train --data data/mnist --out models/m.safetensors [--epochs 30 --batch 512 --lr 0.01 ...]
+//   ssmq eval  --model models/m.safetensors --data data/mnist [--mode conv|recurrent --split test]
+// Training selects the epoch with the best validation accuracy (never the test split), logs
+// one CSV row per epoch, saves a resumable training state every epoch (--resume continues it
+// bit-identically), and shows progress with the time left.
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <ssmq/data/batcher.hpp>
+#include <ssmq/data/dataset.hpp>
+#include <ssmq/io/model_checkpoint.hpp>
+#include <ssmq/train/trainer.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct train_args {
+  std::string data = "data/mnist", out, log, init = "lin", mode = "conv", norm = "none", disc = "zoh";
+  std::size_t epochs = 30, batch = 512, threads = 2, micro_batch = 64, layers = 1, heads = 16, state_size = 64;
+  std::size_t val_size = 10'000, train_limit = 0;
+  double lr = 0.01, ssm_lr = 0.001, wd = 0.0, clip = 0.0, dropout = 0.0;
+  std::uint64_t seed = 0;
+  bool resume = false;
+};
+
+struct eval_args {
+  std::string model, data = "data/mnist", mode = "conv", split = "test", logits_csv;
+  std::size_t threads = 2, batch = 500, val_size = 10'000, limit = 0;
+};
+
+ssmq::ssm_mode parse_mode(const std::string& m) {
+  if (m == "conv") return ssmq::ssm_mode::convolutional;
+  if (m == "recurrent") return ssmq::ssm_mode::recurrent;
+  throw std::invalid_argument("ssmq: --mode must be conv or recurrent, got '" + m + "'");
+}
+
+/// The training state of a resumable run: model, Adam moments, where to continue, the best
+/// validation accuracy so far, and the options that must not change between runs.
+fs::path state_path(const fs::path& out) { return fs::path(out.string() + ".train-state"); }
+
+std::string fingerprint(const train_args& a) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "epochs=%zu batch=%zu lr=%.17g ssm_lr=%.17g wd=%.17g clip=%.17g seed=%llu threads=%zu micro=%zu mode=%s limit=%zu",
+                a.epochs, a.batch, a.lr, a.ssm_lr, a.wd, a.clip, static_cast<unsigned long long>(a.seed), a.threads,
+                a.micro_batch, a.mode.c_str(), a.train_limit);
+  return buf;
+}
+
+int run_train(const train_args& a) {
+  if (a.out.empty()) throw std::invalid_argument("ssmq train: --out is required");
+  auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
+  if (a.train_limit > 0 && a.train_limit < split.train.size()) (void)split.train.split_off(a.train_limit, "unused");
+  const auto norm = ssmq::data::compute_normalisation(split.train);
+  std::fprintf(stderr, "data: %zu train / %zu validation / %zu test sequences of length %zu, %zu classes; "
+                       "input mean %.6f std %.6f\n",
+               split.train.size(), split.validation.size(), split.test.size(), split.train.pixels_per_image(),
+               split.train.classes(), norm.mean, norm.std);
+
+  ssmq::model_shape shape;
+  shape.layers = a.layers;
+  shape.heads = a.heads;
+  shape.state_size = a.state_size;
+  shape.classes = split.train.classes();
+  shape.inputs = ssmq::data::sequence_channels;
+  shape.norm = a.norm == "pre" ? ssmq::norm_placement::pre
+               : a.norm == "post" ? ssmq::norm_placement::post
+                                  : ssmq::norm_placement::none;
+  if (a.norm != "none" && a.norm != "pre" && a.norm != "post") throw std::invalid_argument("ssmq: --norm must be none, pre or post");
+  ssmq::model_options mo{a.disc == "bilinear" ? ssmq::discretization::bilinear : ssmq::discretization::zoh, a.dropout};
+  ssmq::s4d_model<float> model(shape, mo);
+  std::mt19937_64 rng(a.seed);
+  ssmq::init_model(model.params, a.init == "inv" ? ssmq::s4d_init::inv : ssmq::s4d_init::lin, rng);
+
+  ssmq::train::train_options o;
+  o.epochs = a.epochs;
+  o.threads = a.threads;
+  o.micro_batch = a.micro_batch;
+  o.mode = parse_mode(a.mode);
+  o.seed = a.seed;
+  o.adam = {a.lr, a.ssm_lr, a.wd, 0.9, 0.999, 1e-8, a.clip};
+  ssmq::train::adam<float> opt(model.params, o.adam);
+  double best_acc = -1.0;
+  std::size_t best_epoch = 0;
+
+  const fs::path out(a.out), state = state_path(out);
+  if (a.resume && fs::exists(state)) {
+    auto f = ssmq::io::load_safetensors(state);
+    if (ssmq::io::metadata_string(f, "train.fingerprint") != fingerprint(a))
+      throw std::invalid_argument("ssmq train --resume: the saved run used other options (" +
+                                  ssmq::io::metadata_string(f, "train.fingerprint") + ")");
+    std::set<std::string> extra;
+    for (const auto& [name, t] : f.tensors)
+      if (name.rfind("adam.", 0) == 0) extra.insert(name);
+    auto ck = ssmq::io::from_safetensors(f, extra);
+    model.params = ck.model.params;
+    std::size_t k = 0;
+    model.params.for_each([&](const std::string& name, std::vector<float>& v, ssmq::param_group) {
+      const auto m = ssmq::io::expect_tensor(f, "adam.m." + name, {v.size()});
+      const auto s = ssmq::io::expect_tensor(f, "adam.v." + name, {v.size()});
+      opt.first_moments()[k].assign(m.begin(), m.end());
+      opt.second_moments()[k].assign(s.begin(), s.end());
+      ++k;
+    });
+    opt.set_steps(static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.adam_steps", 0)));
+    o.first_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.next_epoch", 0));
+    best_acc = ssmq::io::metadata_double(f, "train.best_val_accuracy");
+    best_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.best_epoch", 0));
+    std::fprintf(stderr, "resuming at epoch %zu (best validation %.4f at epoch %zu)\n", o.first_epoch + 1, best_acc,
+                 best_epoch + 1);
+  } else if (fs::exists(state)) {
+    throw std::invalid_argument("ssmq train: " + state.string() + " exists: pass --resume to continue that run, or remove it");
+  }
+
+  const std::string log_path = a.log.empty() ? out.string() + ".log.csv" : a.log;
+  const bool new_log = o.first_epoch == 0;
+  std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
+  if (!log) throw std::runtime_error("ssmq: cannot write " + log_path);
+  if (new_log) log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,samples_per_second\n";
+
+  ssmq::data::batcher training(split.train, norm, {a.batch, ssmq::data::batch_order::shuffled, a.seed, false});
+  ssmq::data::batcher validation(split.validation, norm, {500, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::train::train(model, opt, training, &validation, o, [&](const ssmq::train::epoch_stats& st) {
+    char row[256];
+    std::snprintf(row, sizeof row, "%zu,%.6g,%.6f,%.6f,%.6f,%.6f,%.1f,%.1f", st.epoch + 1, st.lr, st.train_loss,
+                  st.train_accuracy, st.validation.loss, st.validation.accuracy, st.seconds, st.samples_per_second);
+    log << row << '\n' << std::flush;
+    std::fprintf(stderr, "epoch %zu/%zu: train loss %.4f acc %.4f | validation loss %.4f acc %.4f | %.0f s\n",
+                 st.epoch + 1, o.epochs, st.train_loss, st.train_accuracy, st.validation.loss, st.validation.accuracy,
+                 st.seconds);
+    if (st.validation.accuracy > best_acc) {
+      best_acc = st.validation.accuracy;
+      best_epoch = st.epoch;
+      ssmq::io::save_model(out, model, norm);
+    }
+    auto f = ssmq::io::to_safetensors(model, norm);
+    std::size_t k = 0;
+    model.params.for_each([&](const std::string& name, std::vector<float>& v, ssmq::param_group) {
+      f.tensors["adam.m." + name] = {{v.size()}, opt.first_moments()[k]};
+      f.tensors["adam.v." + name] = {{v.size()}, opt.second_moments()[k]};
+      ++k;
+    });
+    ssmq::io::set_metadata(f, "train.fingerprint", fingerprint(a));
+    ssmq::io::set_metadata(f, "train.adam_steps", opt.steps());
+    ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
+    ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
+    ssmq::io::set_metadata(f, "train.best_epoch", best_epoch);
+    ssmq::io::save_safetensors(state, f);
+  });
+  std::fprintf(stderr, "best validation accuracy %.4f at epoch %zu; saved %s\n", best_acc, best_epoch + 1,
+               out.string().c_str());
+  return 0;
+}
+
+int run_eval(const eval_args& a) {
+  const auto ck = ssmq::io::load_model(a.model);
+  auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
+  ssmq::data::image_dataset* ds = a.split == "test" ? &split.test : a.split == "validation" ? &split.validation
+                                  : a.split == "train"                                      ? &split.train
+                                                                                            : nullptr;
+  if (ds == nullptr) throw std::invalid_argument("ssmq eval: --split must be test, validation or train");
+  if (a.limit > 0 && a.limit < ds->size()) (void)ds->split_off(a.limit, "unused");
+  if (ds->classes() > ck.model.shape().classes)
+    throw std::invalid_argument("ssmq eval: the data has more classes than the model");
+  ssmq::data::batcher b(*ds, ck.input_norm, {a.batch, ssmq::data::batch_order::sequential, 0, false});
+  std::vector<float> logits;
+  ssmq::train::progress prog("eval " + a.split, ds->size(), "samples");
+  const auto r = ssmq::train::evaluate(ck.model, b, parse_mode(a.mode), a.threads,
+                                       a.logits_csv.empty() ? nullptr : &logits, &prog);
+  std::printf("%s split: %zu sequences, %s mode: accuracy %.4f (%.2f %%), loss %.4f\n", a.split.c_str(), r.count,
+              a.mode.c_str(), r.accuracy, 100.0 * r.accuracy, r.loss);
+  if (!a.logits_csv.empty()) {
+    std::ofstream csv(a.logits_csv);
+    const std::size_t C = ck.model.shape().classes;
+    csv << "index,label";
+    for (std::size_t c = 0; c < C; ++c) csv << ",logit" << c;
+    csv << '\n';
+    for (std::size_t i = 0; i < r.count; ++i) {
+      csv << i << ',' << static_cast<int>(ds->label(i));
+      for (std::size_t c = 0; c < C; ++c) csv << ',' << logits[i * C + c];
+      csv << '\n';
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ssmq: quantized small state-space models (S4D)"};
+  app.require_subcommand(1);
+  train_args ta;
+  auto* train = app.add_subcommand("train", "train a float S4D model on a directory of IDX files");
+  train->add_option("--data", ta.data, "directory with the MNIST IDX files (raw or .gz)");
+  train->add_option("--out", ta.out, "where to write the best-validation checkpoint (.safetensors)")->required();
+  train->add_option("--log", ta.log, "CSV log (default: <out>.log.csv)");
+  train->add_option("--epochs", ta.epochs);
+  train->add_option("--batch", ta.batch);
+  train->add_option("--lr", ta.lr);
+  train->add_option("--ssm-lr", ta.ssm_lr, "learning-rate cap of log_dt, log_A_real, A_imag");
+  train->add_option("--weight-decay", ta.wd);
+  train->add_option("--clip", ta.clip, "clip the gradient norm (0: off)");
+  train->add_option("--seed", ta.seed);
+  train->add_option("--threads", ta.threads);
+  train->add_option("--micro-batch", ta.micro_batch);
+  train->add_option("--mode", ta.mode, "conv or recurrent");
+  train->add_option("--layers", ta.layers);
+  train->add_option("--heads", ta.heads);
+  train->add_option("--state-size", ta.state_size, "N (N/2 complex modes are stored)");
+  train->add_option("--norm", ta.norm, "none, pre or post");
+  train->add_option("--dropout", ta.dropout);
+  train->add_option("--init", ta.init, "lin or inv");
+  train->add_option("--disc", ta.disc, "zoh or bilinear");
+  train->add_option("--val-size", ta.val_size);
+  train->add_option("--train-limit", ta.train_limit, "use only the first N training sequences");
+  train->add_flag("--resume", ta.resume, "continue the run whose state is <out>.train-state");
+  eval_args ea;
+  auto* eval = app.add_subcommand("eval", "accuracy of a checkpoint on a split");
+  eval->add_option("--model", ea.model)->required();
+  eval->add_option("--data", ea.data);
+  eval->add_option("--mode", ea.mode, "conv or recurrent");
+  eval->add_option("--split", ea.split, "test, validation or train");
+  eval->add_option("--threads", ea.threads);
+  eval->add_option("--val-size", ea.val_size);
+  eval->add_option("--limit", ea.limit, "only the first N sequences");
+  eval->add_option("--logits-csv", ea.logits_csv, "write per-sample logits");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*train) return run_train(ta);
+    if (*eval) return run_eval(ea);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
