@@ -161,6 +161,16 @@ struct prepared_grads {
   }
 };
 
+/// The state of one sequence being streamed step by step through the model (batch 1): each
+/// layer's complex SSM state, and the running sum of the last block's outputs for pooling.
+template <class T>
+struct stream_state {
+  std::vector<std::vector<T>> x_re, x_im;  ///< per layer [H * M]
+  std::vector<T> pooled_sum;               ///< [H]
+  std::size_t steps = 0;
+  std::vector<T> u, y, g, o, v, tmp;       ///< scratch, kept to avoid allocation per step
+};
+
 /// Activations recorded by a training forward pass on one sub-batch.
 template <class T>
 struct forward_cache {
@@ -337,6 +347,56 @@ class s4d_model {
       }
     }
     nn::linear_backward(params.encoder, c.x.data(), dout.data(), static_cast<T*>(nullptr), grads.encoder, B, L);
+  }
+
+  /// A fresh streaming state (zero SSM state, empty pooling sum).
+  [[nodiscard]] stream_state<T> start_stream() const {
+    const model_shape& s = shape();
+    stream_state<T> st;
+    st.x_re.assign(s.layers, std::vector<T>(s.heads * s.modes(), T(0)));
+    st.x_im = st.x_re;
+    st.pooled_sum.assign(s.heads, T(0));
+    for (auto* v : {&st.u, &st.y, &st.g, &st.v, &st.tmp}) v->resize(s.heads);
+    st.o.resize(2 * s.heads);
+    return st;
+  }
+
+  /// Advances one sequence by one time step (the streaming edge case, recurrent mode):
+  /// x_t is [inputs]. `p` must come from prepare(ssm_mode::recurrent, ...).
+  void stream_step(const prepared_model<T>& p, stream_state<T>& st, const T* x_t) const {
+    const model_shape& s = shape();
+    const std::size_t H = s.heads;
+    nn::linear_forward(params.encoder, x_t, st.u.data(), 1, 1);
+    for (std::size_t li = 0; li < s.layers; ++li) {
+      const auto& lp = params.layers[li];
+      const T* z = st.u.data();
+      if (s.norm == norm_placement::pre) {
+        T rstd;
+        nn::layer_norm_forward(lp.norm, st.u.data(), st.tmp.data(), st.v.data(), &rstd, 1, H, 1);
+        z = st.tmp.data();
+      }
+      const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
+      recurrent_step(w, z, st.x_re[li].data(), st.x_im[li].data(), st.y.data());
+      for (std::size_t h = 0; h < H; ++h) st.g[h] = nn::gelu(st.y[h]);
+      nn::linear_forward(lp.out, st.g.data(), st.o.data(), 1, 1);
+      nn::glu_forward(st.o.data(), st.v.data(), 1, H, 1);
+      for (std::size_t h = 0; h < H; ++h) st.u[h] += st.v[h];  // residual
+      if (s.norm == norm_placement::post) {
+        T rstd;
+        nn::layer_norm_forward(lp.norm, st.u.data(), st.tmp.data(), st.v.data(), &rstd, 1, H, 1);
+        std::copy(st.tmp.begin(), st.tmp.end(), st.u.begin());
+      }
+    }
+    for (std::size_t h = 0; h < H; ++h) st.pooled_sum[h] += st.u[h];
+    ++st.steps;
+  }
+
+  /// Logits from the steps streamed so far (mean over time of the last block's outputs).
+  void stream_logits(const stream_state<T>& st, T* logits) const {
+    std::vector<T> pooled(st.pooled_sum.size());
+    for (std::size_t h = 0; h < pooled.size(); ++h)
+      pooled[h] = st.pooled_sum[h] / static_cast<T>(st.steps == 0 ? 1 : st.steps);
+    nn::linear_forward(params.decoder, pooled.data(), logits, 1, 1);
   }
 
   /// Turns the reduced gradients of the prepared quantities into parameter gradients.
