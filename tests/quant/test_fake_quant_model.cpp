@@ -1,0 +1,162 @@
+// The fake-quantized recurrent model: fp32 everywhere is the float model, 16 bits is close to
+// it, low bits stay on the quantization grid, calibration records the expected ranges, and
+// the clamps and the stability report count what they should.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include <ssmq/precision/paper_configs.hpp>
+#include <ssmq/quant/fake_quant_model.hpp>
+
+namespace {
+
+ssmq::data::image_dataset noise_images(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> px(0, 255);
+  std::vector<std::uint8_t> pixels(n * 36), labels(n);
+  for (auto& p : pixels) p = static_cast<std::uint8_t>(px(rng));
+  for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<std::uint8_t>(i % 3);
+  return ssmq::data::image_dataset(6, 6, std::move(pixels), std::move(labels), 3, "noise");
+}
+
+ssmq::s4d_model<float> small_model(ssmq::norm_placement norm = ssmq::norm_placement::none) {
+  ssmq::model_shape s;
+  s.heads = 5;
+  s.state_size = 12;
+  s.classes = 3;
+  s.layers = 2;
+  s.norm = norm;
+  ssmq::s4d_model<float> m(s);
+  std::mt19937_64 rng(4);
+  ssmq::init_model(m.params, ssmq::s4d_init::lin, rng);
+  return m;
+}
+
+std::vector<float> float_logits(const ssmq::s4d_model<float>& m, const ssmq::data::batch& b) {
+  std::vector<float> out(b.size * m.shape().classes);
+  m.forward(m.prepare(ssmq::ssm_mode::recurrent, b.length), b.inputs.data(), b.size, out.data());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("QGELU golden values") {
+  CHECK(ssmq::quant::qgelu(-3.0f) == 0.0f);
+  CHECK(ssmq::quant::qgelu(-2.0f) == 0.0f);
+  CHECK(ssmq::quant::qgelu(-1.0f) == -0.25f);
+  CHECK(ssmq::quant::qgelu(1.0f) == 0.75f);
+  CHECK(ssmq::quant::qgelu(2.0f) == 2.0f);
+  CHECK(ssmq::quant::qgelu(3.0f) == 3.0f);
+}
+
+TEST_CASE("all fp32: the fake-quantized model is the float recurrent model") {
+  for (const auto norm : {ssmq::norm_placement::none, ssmq::norm_placement::post}) {
+    const auto m = small_model(norm);
+    const auto data = noise_images(8, 1);
+    const auto nrm = ssmq::data::compute_normalisation(data);
+    ssmq::data::batcher b(data, nrm, {8, ssmq::data::batch_order::sequential, 0, false});
+    ssmq::quant::fake_quant_model q(m, ssmq::precision_spec{});
+    CHECK(q.calibrated());
+    b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+      const auto ref = float_logits(m, batch);
+      for (std::size_t i = 0; i < batch.size; ++i) {
+        std::vector<float> lg(3);
+        q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, lg.data());
+        for (std::size_t c = 0; c < 3; ++c) CHECK(lg[c] == doctest::Approx(ref[i * 3 + c]).epsilon(1e-5).scale(1.0));
+      }
+    });
+  }
+}
+
+TEST_CASE("all 16 bits stays within 1e-3 of float (with QGELU); all 4 bits does not, and stays on the grid") {
+  const auto m = small_model();
+  const auto data = noise_images(12, 2);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {6, ssmq::data::batch_order::sequential, 0, false});
+  // Quantized activations bring QGELU: the reference is the float model with QGELU.
+  ssmq::quant::fake_quant_model ref_q(m, ssmq::precision_spec{}, ssmq::quant::gelu_choice::qgelu);
+  // Min/max ranges: with so few calibration values the 99.999th percentile clips the extremes.
+  ssmq::quant::fake_quant_model q16(m, ssmq::precision_from_name("all16m")), q4(m, ssmq::paper::uniform<4>::spec);
+  CHECK_FALSE(q16.calibrated());
+  q16.calibrate(b, 2);
+  q4.calibrate(b, 2);
+  CHECK(q16.calibrated());
+  double max16 = 0, max4 = 0;
+  b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+    std::vector<float> ref(batch.size * 3);
+    for (std::size_t i = 0; i < batch.size; ++i)
+      ref_q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, ref.data() + i * 3);
+    for (std::size_t i = 0; i < batch.size; ++i) {
+      std::vector<float> l16(3), l4(3);
+      q16.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, l16.data());
+      q4.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, l4.data());
+      for (std::size_t c = 0; c < 3; ++c) {
+        max16 = std::max(max16, static_cast<double>(std::fabs(l16[c] - ref[i * 3 + c])));
+        max4 = std::max(max4, static_cast<double>(std::fabs(l4[c] - ref[i * 3 + c])));
+      }
+    }
+  });
+  CHECK(max16 < 1e-3);
+  CHECK(max4 > 1e-3);
+  // Every stored Ā value of the 4-bit model is a level of its head's quantizer.
+  const auto& l0 = q4.layers()[0];
+  const std::size_t M = m.shape().modes();
+  for (std::size_t i = 0; i < l0.abar_re.size(); ++i) {
+    const auto& p = l0.q_abar.of_head(i / M);
+    const float level = (l0.abar_re[i] / p.scale) + static_cast<float>(p.zero_point);
+    CHECK(std::fabs(level - std::round(level)) < 1e-3);
+    CHECK(level >= -8.0f - 1e-3f);
+    CHECK(level <= 7.0f + 1e-3f);
+  }
+}
+
+TEST_CASE("min/max calibration records the exact range of the SSM input") {
+  const auto m = small_model();
+  const auto data = noise_images(4, 3);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {4, ssmq::data::batch_order::sequential, 0, false});
+  auto spec = ssmq::precision_from_name("act8m");
+  ssmq::quant::fake_quant_model q(m, spec);
+  q.calibrate(b, 1);
+  // The SSM input of layer 0 is the encoder output: W x + b over all inputs.
+  float lo = 1e30f, hi = -1e30f;
+  b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+    ssmq::forward_cache<float> c;
+    std::vector<float> lg(batch.size * 3);
+    m.forward(m.prepare(ssmq::ssm_mode::recurrent, batch.length), batch.inputs.data(), batch.size, lg.data(), &c);
+    for (float v : c.layers[0].in) {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+  });
+  const auto expected = ssmq::params_from_range(lo, hi, spec[ssmq::component::acts]);
+  REQUIRE(q.layers()[0].q_ssm_in.params.size() == 1);
+  CHECK(q.layers()[0].q_ssm_in.params[0] == expected);
+}
+
+TEST_CASE("the state clamp fires on a state beyond 50 and the stability report sees |Ā| >= 1") {
+  auto m = small_model();
+  // Make mode 0 of head 0 marginally unstable: log_A_real very negative gives Re(A) ~ 0,
+  // and a large step makes Ā ~ e^(i theta) on the unit circle.
+  for (auto& l : m.params.layers) {
+    l.ssm.log_A_real[0] = -30.0f;
+    l.ssm.A_imag[0] = 0.0f;
+    l.ssm.log_dt[0] = 2.0f;
+  }
+  const auto data = noise_images(3, 4);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {3, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::quant::fake_quant_model q(m, ssmq::precision_from_name("Abar8_x8m"));
+  q.calibrate(b, 1);
+  const auto rep = q.stability();
+  CHECK(rep.layers.size() == 2);
+  CHECK(rep.layers[0][0].max_abs_abar >= 1.0f);
+  CHECK(rep.unstable_modes() >= 1);
+  ssmq::quant::clamp_stats st;
+  (void)q.evaluate(b, 1, &st);
+  CHECK(st.state_values == 3u * 36u * 2u * 2u * 5u * 6u);
+  CHECK(st.state_clamped > 0);
+  CHECK(st.output_values == 0);  // ssm_act not quantized: its clamp is off
+}
