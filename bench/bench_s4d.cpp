@@ -26,7 +26,8 @@
 //       (two batches of 500); real time; items = samples.
 //   cpu/fma_peak/f32/lanes:<W>
 //       12 independent chains of W-lane fused multiply-adds (ssmq::simd::fmadd): the fp32 FMA
-//       throughput one core reaches here, to put the FLOP/s of the kernels beside.
+//       throughput one core reaches here, to put the FLOP/s of the kernels beside. (In an SSE2
+//       build there is no FMA instruction: it then measures separate multiplies and adds.)
 //
 // Inputs are fixed-seed standard normal values, labels uniform; models are initialised as the
 // reference does (init_model, S4D-Lin). Each SIMD recurrent step is checked against the scalar
@@ -174,6 +175,8 @@ void bm_stream_step(benchmark::State& state, const ssmq::model_shape& s) {
   model.stream_logits(st, logits.data());
   if (!std::isfinite(logits[0])) state.SkipWithError("non-finite logits");
   set_items(state, 1);
+  auto params = model.params;
+  state.counters["parameters"] = static_cast<double>(params.count());
   state.counters["SSM_FLOP/s"] =
       benchmark::Counter(kFlopPerMode * static_cast<double>(s.layers * s.heads * s.modes()) *
                              static_cast<double>(state.iterations()),

@@ -14,10 +14,11 @@ Usage: bench/peers/run.py [--models paper,h64-n64-l4] [--quick] [--skip-build]
        bench/peers/run.py --report-only    (re-print the tables from the saved JSON files)
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -153,10 +154,13 @@ def model_table(model, ssmq, torch):
         r = ssmq.get(name)
         return r["real_ns"] if r else None
 
+    def batches(ours, theirs):
+        return str(ours) if theirs in (None, ours) else f"ssmq {ours}, PyTorch {theirs}"
+
     p = f"model:{model}"
     rows = []
     tr = torch.get("train_conv", {})
-    rows.append((f"conv-mode training, samples/s (batch {tr.get('batch', 512)}, 2 threads)",
+    rows.append((f"conv-mode training, samples/s (batch {batches(512, tr.get('batch'))}, 2 threads)",
                  ips(f"s4d/train_step/conv/{p}/batch:512/threads:2"), tr.get("samples_per_second"), "higher", 3))
     ti = torch.get("infer_conv", {})
     rows.append((f"inference, samples/s (ssmq conv mode vs PyTorch conv mode, batch {ti.get('batch', 500)}, 2 threads)",
@@ -169,7 +173,7 @@ def model_table(model, ssmq, torch):
     rows.append((f"recurrent step of the whole model, batch 1, µs/step (PyTorch eager, {ts.get('threads', '?')} thread(s))",
                  s_ns / 1e3 if s_ns else None, t_ns / 1e3 if t_ns else None, "lower", 100))
     trr = torch.get("train_recurrent", {})
-    rows.append((f"recurrent-mode training (BPTT, 784 steps), samples/s (batch {trr.get('batch', 16)}, 2 threads)",
+    rows.append((f"recurrent-mode training (BPTT, 784 steps), samples/s (batch {batches(16, trr.get('batch'))}, 2 threads)",
                  ips(f"s4d/train_step/recurrent/{p}/batch:16/threads:2"), trr.get("samples_per_second"), "higher", 10))
     lines = ["| metric | ssmq | PyTorch | ratio | goal | met |", "|---|--:|--:|--:|--:|:-:|"]
     for metric, a, b, better, goal in rows:
@@ -214,8 +218,11 @@ def report(ctx, ssmq, torch_results, models):
         layers, heads, n = MODELS[m]
         print(f"\n### model:{m} ({layers} layer(s), H = {heads}, N = {n}, L = 784, 10 classes)\n")
         if t:
-            print(f"PyTorch {t.get('torch', '?')} (Python {t.get('python', '?')}), {t.get('threads', '?')} threads; "
-                  f"conv vs recurrent logits agree to {t.get('conv_vs_recurrent_max_abs_diff', float('nan')):.1e}\n")
+            sp = ssmq.get(f"s4d/stream_step/model:{m}/batch:1", {}).get("parameters")
+            print(f"PyTorch {t.get('torch', '?')} (Python {t.get('python', '?')}), {t.get('threads', '?')} threads, "
+                  f"BLAS {', '.join(os.path.basename(b) for b in t.get('loaded_blas', [])) or '?'}; parameters: "
+                  f"ssmq {fmt(sp)}, PyTorch {fmt(t['model']['parameters'])}; PyTorch's conv, recurrent and "
+                  f"streamed logits agree to {t.get('conv_vs_recurrent_max_abs_diff', float('nan')):.1e}\n")
         print(model_table(m, ssmq, t))
         print()
         print(single_thread_table(m, ssmq))
@@ -277,8 +284,13 @@ def main():
     for m in models:
         if torch_json[m].exists():
             torch_results[m] = json.loads(torch_json[m].read_text())
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        report(ctx, ssmq, torch_results, models)
     print()
-    report(ctx, ssmq, torch_results, models)
+    print(text.getvalue(), end="")
+    (build_dir / "s4d_peers.md").write_text(text.getvalue())
+    log(f"(tables saved in {build_dir / 's4d_peers.md'}; JSON in {ssmq_json} and {build_dir}/s4d_torch_*.json)")
 
 
 if __name__ == "__main__":

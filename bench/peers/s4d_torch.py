@@ -224,6 +224,17 @@ def check_modes_agree(model):
     return float(max((a - b).abs().max(), (a - c).abs().max()))
 
 
+def loaded_libraries(words):
+    """Shared libraries of this process whose path contains one of `words` (which BLAS runs)."""
+    torch.randn(64, 64) @ torch.randn(64, 64)  # make sure the BLAS is loaded
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if any(w in os.path.basename(p) for w in words))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heads", type=int, default=16)
@@ -249,6 +260,7 @@ def main():
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "blas": [line.strip() for line in torch.__config__.show().splitlines() if "BLAS" in line or "CPU capability" in line],
+        "loaded_blas": loaded_libraries(("blas", "lapack", "gomp")),
         "conv_vs_recurrent_max_abs_diff": check_modes_agree(model),
     }
     only = set(args.only.split(","))

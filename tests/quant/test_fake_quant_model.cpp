@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -159,4 +160,67 @@ TEST_CASE("the state clamp fires on a state beyond 50 and the stability report s
   CHECK(st.state_values == 3u * 36u * 2u * 2u * 5u * 6u);
   CHECK(st.state_clamped > 0);
   CHECK(st.output_values == 0);  // ssm_act not quantized: its clamp is off
+}
+
+TEST_CASE("the SIMD quantized SSM step equals its scalar reference bit for bit") {
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> n(0.f, 1.f);
+  for (const std::size_t M : {1u, 5u, 16u, 32u, 37u}) {
+    const std::size_t H = 3;
+    std::vector<float> ar(H * M), ai(H * M), br(H * M), bi(H * M), cr(H * M), ci(H * M);
+    for (std::size_t i = 0; i < H * M; ++i) {
+      const float mag = 0.5f + 0.49f * std::tanh(n(rng)), ph = n(rng);
+      ar[i] = mag * std::cos(ph);
+      ai[i] = mag * std::sin(ph);
+      br[i] = n(rng);
+      bi[i] = n(rng);
+      cr[i] = n(rng);
+      ci[i] = n(rng);
+    }
+    const ssmq::quant::ssm_step_weights w{ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), H, M};
+    for (int bits = 2; bits <= 16; ++bits)
+      for (const auto mode : {0, 1, 2}) {  // static per head, static per tensor, dynamic
+        ssmq::quant_spec spec;
+        spec.bits = bits;
+        spec.calib = ssmq::calibration::minmax;
+        if (mode == 2) spec.mode = ssmq::range_mode::dynamic_range;
+        std::vector<ssmq::affine_params> params;
+        for (std::size_t h = 0; h < H; ++h) params.push_back(ssmq::params_from_range(-3.0f - h, 2.5f + h, spec));
+        ssmq::quant::state_quantizer q{true, mode == 2, spec, params.data(), mode == 1, 4.0f};
+        std::vector<float> xr1(H * M, 0.f), xi1(H * M, 0.f), xr2(H * M, 0.f), xi2(H * M, 0.f), y1(H), y2(H), z(H);
+        std::uint64_t c1 = 0, c2 = 0;
+        for (int step = 0; step < 40; ++step) {
+          for (auto& v : z) v = 3.0f * n(rng);
+          ssmq::quant::ssm_step_scalar(w, q, z.data(), xr1.data(), xi1.data(), y1.data(), c1);
+          ssmq::quant::ssm_step_simd(w, q, z.data(), xr2.data(), xi2.data(), y2.data(), c2);
+          INFO("M=" << M << " bits=" << bits << " mode=" << mode << " step=" << step);
+          REQUIRE(std::memcmp(y1.data(), y2.data(), H * sizeof(float)) == 0);
+          REQUIRE(std::memcmp(xr1.data(), xr2.data(), H * M * sizeof(float)) == 0);
+          REQUIRE(std::memcmp(xi1.data(), xi2.data(), H * M * sizeof(float)) == 0);
+        }
+        CHECK(c1 == c2);
+      }
+  }
+}
+
+TEST_CASE("the quantized model gives identical logits with the scalar and the SIMD step") {
+  const auto m = small_model();
+  const auto data = noise_images(6, 5);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {6, ssmq::data::batch_order::sequential, 0, false});
+  for (const char* name : {"all8", "all4", "Abar6_x6d_W4_act6", "x3"}) {
+    ssmq::quant::fake_quant_model q(m, ssmq::precision_from_name(name));
+    q.calibrate(b, 1);
+    b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+      for (std::size_t i = 0; i < batch.size; ++i) {
+        std::vector<float> a(3), s(3);
+        q.use_scalar_reference(false);
+        q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, a.data());
+        q.use_scalar_reference(true);
+        q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, s.data());
+        INFO(name);
+        CHECK(std::memcmp(a.data(), s.data(), 3 * sizeof(float)) == 0);
+      }
+    });
+  }
 }

@@ -108,12 +108,18 @@ void dequantize(std::span<const T> q, std::span<float> x, std::span<const affine
   });
 }
 
+/// Fake-quantizes one contiguous run sharing one parameter set (x may equal y). No checks:
+/// the building block of fake_quant and of fused kernels such as the quantized SSM step.
+inline void fake_quant_run(const float* x, float* y, std::size_t n, const affine_params& p, int_limits lim) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = fake_quant_value(x[i], p, lim);
+}
+
 inline void fake_quant(std::span<const float> x, std::span<float> y, std::span<const affine_params> params,
                        const head_layout& layout, int_limits lim) {
   detail::check_same_size(x.size(), y.size(), "fake_quant");
   detail::check_params(params.size(), layout);
   for_each_head_run(layout, x.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
-    for (std::size_t i = off; i < off + len; ++i) y[i] = fake_quant_value(x[i], params[h], lim);
+    fake_quant_run(x.data() + off, y.data() + off, len, params[h], lim);
   });
 }
 
@@ -218,24 +224,27 @@ void dequantize(std::span<const T> q, std::span<float> x, std::span<const affine
   });
 }
 
+/// Batch form of scalar::fake_quant_run (bit-identical results).
+inline void fake_quant_run(const float* x, float* y, std::size_t n, const affine_params& p, int_limits lim) noexcept {
+  const float_batch lo(static_cast<float>(lim.qmin)), hi(static_cast<float>(lim.qmax));
+  const float_batch inv(p.inv_scale), zp(static_cast<float>(p.zero_point)), scale(p.scale);
+  std::size_t i = 0;
+  for (; i + width <= n; i += width) {
+    const float_batch xb = float_batch::load_unaligned(x + i);
+    const float_batch yb = (level(xb, inv, zp, lo, hi) - zp) * scale;
+    xsimd::select(xsimd::isnan(xb), xb, yb).store_unaligned(y + i);
+  }
+  for (; i < n; ++i) y[i] = scalar::fake_quant_value(x[i], p, lim);
+}
+
 inline void fake_quant(std::span<const float> x, std::span<float> y, std::span<const affine_params> params,
                        const head_layout& layout, int_limits lim) {
   kernels::detail::check_same_size(x.size(), y.size(), "fake_quant");
   kernels::detail::check_params(params.size(), layout);
-  const float_batch lo(static_cast<float>(lim.qmin)), hi(static_cast<float>(lim.qmax));
   const float* xp = x.data();
   float* yp = y.data();
   for_each_head_run(layout, x.size(), [=](std::size_t h, std::size_t off, std::size_t len) {
-    const affine_params p = params[h];
-    const float_batch inv(p.inv_scale), zp(static_cast<float>(p.zero_point)), scale(p.scale);
-    detail::run_batches(
-        off, len,
-        [=](std::size_t i) {
-          const float_batch xb = float_batch::load_unaligned(xp + i);
-          const float_batch yb = (level(xb, inv, zp, lo, hi) - zp) * scale;
-          xsimd::select(xsimd::isnan(xb), xb, yb).store_unaligned(yp + i);
-        },
-        [=](std::size_t i) { yp[i] = scalar::fake_quant_value(xp[i], p, lim); });
+    fake_quant_run(xp + off, yp + off, len, params[h], lim);
   });
 }
 

@@ -29,6 +29,7 @@
 #include "../s4d/model.hpp"
 #include "../train/trainer.hpp"
 #include "point_quantizer.hpp"
+#include "ssm_step.hpp"
 
 namespace ssmq::quant {
 
@@ -159,6 +160,8 @@ class fake_quant_model {
   [[nodiscard]] const precision_spec& spec() const noexcept { return spec_; }
   [[nodiscard]] const std::vector<quantized_layer>& layers() const noexcept { return layers_; }
   [[nodiscard]] bool uses_qgelu() const noexcept { return use_qgelu_; }
+  /// Use the scalar reference of the SSM step instead of the xsimd one (bit-identical).
+  void use_scalar_reference(bool on) noexcept { scalar_reference_ = on; }
 
   /// True when every static point that will be used has its parameters.
   [[nodiscard]] bool calibrated() const {
@@ -228,7 +231,7 @@ class fake_quant_model {
     auto record = [](std::vector<float>& dst, const std::vector<float>& src) { dst.insert(dst.end(), src.begin(), src.end()); };
     const std::size_t H = shape_.heads, M = shape_.modes(), CI = shape_.inputs;
     std::vector<std::vector<float>> xr(layers_.size(), std::vector<float>(H * M, 0.0f)), xi = xr;
-    std::vector<float> xin(CI), u(H), z(H), ar(H * M), ai(H * M), br(H * M), bi(H * M), y(H), y2(H), g(H),
+    std::vector<float> xin(CI), u(H), z(H), y(H), y2(H), g(H),
         o(2 * H), v(H), xhat(H), pooled(H, 0.0f);
     clamp_stats st;
     for (std::size_t t = 0; t < L; ++t) {
@@ -245,43 +248,26 @@ class fake_quant_model {
         else record(calib->layers[li].ssm_in, z);
         std::vector<float>& sr = xr[li];
         std::vector<float>& si = xi[li];
-        for (std::size_t h = 0; h < H; ++h)
-          for (std::size_t n = 0; n < M; ++n) {
-            const std::size_t i = h * M + n;
-            ar[i] = q.abar_re[i] * sr[i] - q.abar_im[i] * si[i];
-            ai[i] = q.abar_re[i] * si[i] + q.abar_im[i] * sr[i];
-            br[i] = q.bbar_re[i] * z[h];
-            bi[i] = q.bbar_im[i] * z[h];
-          }
-        if (quantize_acts) {
-          q.q_state.apply_complex(ar, ai, M);
-          q.q_state.apply_complex(br, bi, M);
-        }
-        for (std::size_t i = 0; i < H * M; ++i) {
-          sr[i] = ar[i] + br[i];
-          si[i] = ai[i] + bi[i];
-        }
-        if (quantize_acts && q.q_state.active()) {
-          for (std::size_t i = 0; i < H * M; ++i) {
-            st.state_clamped += (std::fabs(sr[i]) > state_clamp) + (std::fabs(si[i]) > state_clamp);
-            sr[i] = std::clamp(sr[i], -state_clamp, state_clamp);
-            si[i] = std::clamp(si[i], -state_clamp, state_clamp);
-          }
+        const ssm_step_weights w{q.abar_re.data(), q.abar_im.data(), q.bbar_re.data(), q.bbar_im.data(),
+                                 q.c_re.data(),    q.c_im.data(),    H,                M};
+        state_quantizer sq;
+        sq.active = quantize_acts && q.q_state.active();
+        if (sq.active) {
+          sq.dynamic = !q.q_state.is_static();
+          sq.spec = q.q_state.spec;
+          sq.params = q.q_state.params.data();
+          sq.per_tensor = q.q_state.spec.gran == granularity::per_tensor;
+          sq.clamp = state_clamp;
           st.state_values += 2 * H * M;
         }
-        if (quantize_acts) {
-          q.q_state.apply_complex(sr, si, M);
-        } else {
+        if (scalar_reference_) ssm_step_scalar(w, sq, z.data(), sr.data(), si.data(), y.data(), st.state_clamped);
+        else ssm_step_simd(w, sq, z.data(), sr.data(), si.data(), y.data(), st.state_clamped);
+        if (!quantize_acts) {
           auto& dst = calib->layers[li].state;  // [H, 2M]: re then im of each head
           for (std::size_t h = 0; h < H; ++h) {
             dst.insert(dst.end(), sr.begin() + static_cast<std::ptrdiff_t>(h * M), sr.begin() + static_cast<std::ptrdiff_t>((h + 1) * M));
             dst.insert(dst.end(), si.begin() + static_cast<std::ptrdiff_t>(h * M), si.begin() + static_cast<std::ptrdiff_t>((h + 1) * M));
           }
-        }
-        for (std::size_t h = 0; h < H; ++h) {
-          float acc = 0.0f;
-          for (std::size_t n = 0; n < M; ++n) acc += q.c_re[h * M + n] * sr[h * M + n] - q.c_im[h * M + n] * si[h * M + n];
-          y[h] = 2.0f * acc;
         }
         if (quantize_acts && q.q_y.active()) {
           for (std::size_t h = 0; h < H; ++h) {
@@ -374,6 +360,7 @@ class fake_quant_model {
   model_shape shape_;
   precision_spec spec_;
   bool use_qgelu_;
+  bool scalar_reference_ = false;
   nn::linear_params<float> enc_, dec_;
   point_quantizer q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_;
   std::vector<quantized_layer> layers_;

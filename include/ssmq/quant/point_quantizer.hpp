@@ -35,7 +35,11 @@ struct point_quantizer {
     const head_layout layout{heads, inner};
     if (is_static()) {
       if (!frozen()) throw std::logic_error("ssmq: a static quantization point was used before calibration");
-      kernels::scalar::fake_quant(x, x, params, layout.for_granularity(spec.gran), spec.limits());
+      // Small tensors (one time step) are the common case: no per-run dispatch.
+      const int_limits lim = spec.limits();
+      const bool per_tensor = spec.gran == granularity::per_tensor;
+      for (std::size_t i = 0; i < x.size(); ++i)
+        x[i] = kernels::scalar::fake_quant_value(x[i], params[per_tensor ? 0 : (i / inner) % heads], lim);
     } else {
       const auto p = dynamic_params(x, layout, spec);
       kernels::scalar::fake_quant(x, x, p, layout.for_granularity(spec.gran), spec.limits());
