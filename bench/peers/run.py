@@ -51,7 +51,9 @@ def build(build_dir):
 
 
 def run_ssmq(build_dir, models, quick, out_json):
-    pattern = "cpu/fma_peak|model:(" + "|".join(re.escape(m) for m in models) + ")/"
+    # Google Benchmark's filter is a POSIX extended regex (no "\-" escapes): model names are
+    # plain [a-z0-9-] words.
+    pattern = "cpu/fma_peak|model:(" + "|".join(models) + ")/"
     args = [str(build_dir / "bench" / "bench_s4d"), "--benchmark_filter=" + pattern,
             "--benchmark_out=" + str(out_json), "--benchmark_out_format=json"]
     if quick:
@@ -60,6 +62,8 @@ def run_ssmq(build_dir, models, quick, out_json):
         args += ["--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true",
                  "--benchmark_min_time=0.5"]
     run(args)
+    if out_json.stat().st_size == 0 or not json.loads(out_json.read_text()).get("benchmarks"):
+        sys.exit(f"bench/peers/run.py: {args[0]} wrote no benchmark results to {out_json}")
 
 
 def load_ssmq(path):
@@ -194,7 +198,7 @@ def single_thread_table(model, ssmq):
             continue
         t = r["cpu_ns"]
         time_s = f"{t / 1e6:,.1f} ms" if t >= 1e6 else f"{t:,.0f} ns"
-        if "/batch:1" in name:
+        if re.search(r"/batch:1(/|$)", name):
             thr = f"{1e9 / t:,.0f} steps/s"
             if "FLOP/s" in r:
                 thr += f", {r['FLOP/s'] / 1e9:.1f} GFLOP/s"
