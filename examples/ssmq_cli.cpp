@@ -16,6 +16,8 @@
 #include <ssmq/data/batcher.hpp>
 #include <ssmq/data/dataset.hpp>
 #include <ssmq/io/model_checkpoint.hpp>
+#include <ssmq/precision/footprint.hpp>
+#include <ssmq/quant/fake_quant_model.hpp>
 #include <ssmq/train/trainer.hpp>
 
 namespace fs = std::filesystem;
@@ -34,6 +36,11 @@ struct train_args {
 struct eval_args {
   std::string model, data = "data/mnist", mode = "conv", split = "test", logits_csv;
   std::size_t threads = 2, batch = 500, val_size = 10'000, limit = 0;
+};
+
+struct ptq_args {
+  std::string model, data = "data/mnist", config = "all8", split = "test";
+  std::size_t threads = 2, calib_batches = 4, calib_batch = 32, limit = 0, val_size = 10'000;
 };
 
 ssmq::ssm_mode parse_mode(const std::string& m) {
@@ -191,6 +198,42 @@ int run_eval(const eval_args& a) {
   return 0;
 }
 
+/// Post-training quantization of a checkpoint under a named configuration: calibration on
+/// training batches, accuracy on a split, memory footprint, stability report, clamp rates.
+int run_ptq(const ptq_args& a) {
+  const auto ck = ssmq::io::load_model(a.model);
+  const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
+  auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
+  ssmq::data::image_dataset* ds = a.split == "test" ? &split.test : a.split == "validation" ? &split.validation : nullptr;
+  if (ds == nullptr) throw std::invalid_argument("ssmq ptq: --split must be test or validation");
+  if (a.limit > 0 && a.limit < ds->size()) (void)ds->split_off(a.limit, "unused");
+  ssmq::data::batcher calib(split.train, ck.input_norm, {a.calib_batch, ssmq::data::batch_order::shuffled, 0, false});
+  ssmq::data::batcher eval(*ds, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::quant::fake_quant_model q(ck.model, spec);
+  q.calibrate(calib, a.calib_batches, a.threads);
+  ssmq::quant::clamp_stats st;
+  const auto r = q.evaluate(eval, a.threads, &st);
+  const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
+  const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
+  const std::string name(spec.name().view());
+  std::printf("configuration %s: %s accuracy %.4f (%.2f %%), loss %.4f on %zu sequences\n", name.c_str(), a.split.c_str(),
+              r.accuracy, 100.0 * r.accuracy, r.loss, r.count);
+  std::printf("footprint: parameters %zu B, state %zu B, quantization parameters %zu B, total %zu B (%.2fx smaller than float32)\n",
+              fp.parameter_bytes, fp.state_bytes, fp.qparam_bytes, fp.total(),
+              static_cast<double>(f32.total()) / static_cast<double>(fp.total()));
+  const auto rep = q.stability();
+  std::printf("stability: %zu modes with |Abar| >= 1 after quantization\n", rep.unstable_modes());
+  for (std::size_t l = 0; l < rep.layers.size(); ++l)
+    for (std::size_t h = 0; h < rep.layers[l].size(); ++h)
+      std::printf("  layer %zu head %2zu: max |Abar| %.6f, %zu modes on or outside the unit circle\n", l, h,
+                  static_cast<double>(rep.layers[l][h].max_abs_abar), rep.layers[l][h].modes_on_or_outside);
+  auto rate = [](std::uint64_t n, std::uint64_t d) { return d ? static_cast<double>(n) / static_cast<double>(d) : 0.0; };
+  std::printf("clamps: state fired on %.3e of %llu values, SSM output on %.3e of %llu values\n",
+              rate(st.state_clamped, st.state_values), static_cast<unsigned long long>(st.state_values),
+              rate(st.output_clamped, st.output_values), static_cast<unsigned long long>(st.output_values));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -231,10 +274,21 @@ int main(int argc, char** argv) {
   eval->add_option("--val-size", ea.val_size);
   eval->add_option("--limit", ea.limit, "only the first N sequences");
   eval->add_option("--logits-csv", ea.logits_csv, "write per-sample logits");
+  ptq_args pa;
+  auto* ptq = app.add_subcommand("ptq", "post-training quantization of a checkpoint under a named configuration");
+  ptq->add_option("--model", pa.model)->required();
+  ptq->add_option("--config", pa.config, "precision name, e.g. all8 or Abar8_x8_W4_act6 (docs/precision.md)");
+  ptq->add_option("--data", pa.data);
+  ptq->add_option("--split", pa.split, "test or validation");
+  ptq->add_option("--threads", pa.threads);
+  ptq->add_option("--calib-batches", pa.calib_batches, "training batches for static calibration");
+  ptq->add_option("--calib-batch", pa.calib_batch, "sequences per calibration batch");
+  ptq->add_option("--limit", pa.limit, "only the first N sequences of the split");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);
     if (*eval) return run_eval(ea);
+    if (*ptq) return run_ptq(pa);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
