@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
       const std::string name(config::name());
       if (done.contains(name) || (!a.only.empty() && name.find(a.only) == std::string::npos)) return;
       const auto t0 = std::chrono::steady_clock::now();
+      try {
       ssmq::quant::fake_quant_model q(ck.model, config::spec);
       q.calibrate(calib, a.calib_batches, a.threads);
       ssmq::quant::clamp_stats st;
@@ -121,6 +122,9 @@ int main(int argc, char** argv) {
                     rate(st.output_clamped, st.output_values), secs);
       csv << row << '\n' << std::flush;
       prog.update(index, name + " " + std::to_string(r.accuracy), true);
+      } catch (const std::exception& e) {  // one failing configuration does not stop the sweep
+        std::fprintf(stderr, "ptq sweep: %s failed: %s (no row written; a rerun retries it)\n", name.c_str(), e.what());
+      }
     });
     std::fprintf(stderr, "ptq sweep: %zu configurations in %s\n", total, ssmq::train::progress::hms(prog.elapsed()).c_str());
   } catch (const std::exception& e) {

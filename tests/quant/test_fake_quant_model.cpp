@@ -186,7 +186,7 @@ TEST_CASE("the SIMD quantized SSM step equals its scalar reference bit for bit")
         if (mode == 2) spec.mode = ssmq::range_mode::dynamic_range;
         std::vector<ssmq::affine_params> params;
         for (std::size_t h = 0; h < H; ++h) params.push_back(ssmq::params_from_range(-3.0f - h, 2.5f + h, spec));
-        ssmq::quant::state_quantizer q{true, mode == 2, spec, params.data(), mode == 1, 4.0f};
+        ssmq::quant::state_quantizer q{true, mode == 2, spec, params.data(), mode == 1, 4.0f, true};
         std::vector<float> xr1(H * M, 0.f), xi1(H * M, 0.f), xr2(H * M, 0.f), xi2(H * M, 0.f), y1(H), y2(H), z(H);
         std::uint64_t c1 = 0, c2 = 0;
         for (int step = 0; step < 40; ++step) {

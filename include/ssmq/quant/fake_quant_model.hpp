@@ -5,6 +5,7 @@
 //   z = block input (after pre-norm)          -> acts quantizer  ("ssm_in", per tensor)
 //   Ā⊙x, B̄z, x = Ā⊙x + B̄z                    -> state quantizer (per head); x is clamped to
 //                                                [-50, 50] first when the state is quantized
+//                                                (also while calibrating)
 //   y = 2 Re(C̄ x)                             -> ssm_act quantizer, clamped to [-1000, 1000]
 //   y + D z                                   -> ssm_act quantizer
 //   QGELU(v) = v clamp(v + 2, 0, 4) / 4 replaces GELU where activations are quantized
@@ -252,16 +253,23 @@ class fake_quant_model {
                                  q.c_re.data(),    q.c_im.data(),    H,                M};
         state_quantizer sq;
         sq.active = quantize_acts && q.q_state.active();
+        // The clamps belong to the quantized model: they also act while calibrating, so that
+        // a state made unstable by a quantized Ā stays finite.
+        sq.clamp_enabled = q.q_state.active();
+        sq.clamp = state_clamp;
         if (sq.active) {
           sq.dynamic = !q.q_state.is_static();
           sq.spec = q.q_state.spec;
           sq.params = q.q_state.params.data();
           sq.per_tensor = q.q_state.spec.gran == granularity::per_tensor;
-          sq.clamp = state_clamp;
+        }
+        std::uint64_t clamped = 0;
+        if (scalar_reference_) ssm_step_scalar(w, sq, z.data(), sr.data(), si.data(), y.data(), clamped);
+        else ssm_step_simd(w, sq, z.data(), sr.data(), si.data(), y.data(), clamped);
+        if (quantize_acts && sq.clamp_enabled) {
+          st.state_clamped += clamped;
           st.state_values += 2 * H * M;
         }
-        if (scalar_reference_) ssm_step_scalar(w, sq, z.data(), sr.data(), si.data(), y.data(), st.state_clamped);
-        else ssm_step_simd(w, sq, z.data(), sr.data(), si.data(), y.data(), st.state_clamped);
         if (!quantize_acts) {
           auto& dst = calib->layers[li].state;  // [H, 2M]: re then im of each head
           for (std::size_t h = 0; h < H; ++h) {
@@ -269,7 +277,7 @@ class fake_quant_model {
             dst.insert(dst.end(), si.begin() + static_cast<std::ptrdiff_t>(h * M), si.begin() + static_cast<std::ptrdiff_t>((h + 1) * M));
           }
         }
-        if (quantize_acts && q.q_y.active()) {
+        if (q.q_y.active()) {
           for (std::size_t h = 0; h < H; ++h) {
             st.output_clamped += std::fabs(y[h]) > ssm_output_clamp;
             y[h] = std::clamp(y[h], -ssm_output_clamp, ssm_output_clamp);

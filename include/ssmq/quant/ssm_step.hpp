@@ -23,12 +23,14 @@ namespace ssmq::quant {
 
 /// The state quantizer as the step sees it.
 struct state_quantizer {
-  bool active = false;                  ///< false: fp32 state, no clamp
+  bool active = false;                  ///< quantize the state (false: fp32 state)
   bool dynamic = false;                 ///< parameters from the current head's values
   quant_spec spec{};                    ///< for dynamic parameters
   const affine_params* params = nullptr;  ///< static: per head, or one for per-tensor
   bool per_tensor = false;
   float clamp = 50.0f;
+  bool clamp_enabled = false;           ///< clamp x to [-clamp, clamp] (with a quantized state,
+                                        ///< also while calibrating with quantization off)
 };
 
 struct ssm_step_weights {
@@ -69,10 +71,12 @@ void ssm_step(const ssm_step_weights& w, const state_quantizer& q, const float* 
     }
     Impl::add(ar.data(), br.data(), sr, M);
     Impl::add(ai.data(), bi.data(), si, M);
-    if (q.active) {
+    if (q.clamp_enabled) {
       for (std::size_t n = 0; n < M; ++n) clamped += (std::fabs(sr[n]) > q.clamp) + (std::fabs(si[n]) > q.clamp);
       Impl::clamp(sr, M, q.clamp);
       Impl::clamp(si, M, q.clamp);
+    }
+    if (q.active) {
       const affine_params px = state_params(q, h, sr, si, M);
       Impl::fake_quant_run(sr, sr, M, px, lim);
       Impl::fake_quant_run(si, si, M, px, lim);
