@@ -46,3 +46,10 @@ TEST_CASE("accumulator_bits counts product and sum growth") {
   CHECK(ssmq::accumulator_bits(8, 8, 1025) == 27);
   CHECK(ssmq::accumulator_bits(4, 6, 16) == 14);
 }
+
+TEST_CASE("limits_of a width that is not an integer precision is empty, not undefined behaviour") {
+  const auto f = ssmq::limits_of(ssmq::fp32, signedness::signed_int, int_range::full);
+  CHECK(f.qmin == 0);
+  CHECK(f.qmax == 0);
+  CHECK(ssmq::limits_of(1, signedness::unsigned_int, int_range::full).qmax == 0);
+}

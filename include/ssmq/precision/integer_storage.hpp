@@ -41,7 +41,9 @@ struct int_limits {
   std::int32_t qmax;
 };
 
+/// For a width outside 2..16 (e.g. fp32: not an integer precision) the range is empty {0, 0}.
 [[nodiscard]] constexpr int_limits limits_of(int bits, signedness s, int_range r) noexcept {
+  if (!valid_int_bits(bits)) return {0, 0};
   if (s == signedness::signed_int) {
     const std::int32_t lo = -(std::int32_t{1} << (bits - 1));
     return {r == int_range::narrow ? lo + 1 : lo, (std::int32_t{1} << (bits - 1)) - 1};

@@ -52,7 +52,7 @@ template <class Impl>
 void ssm_step(const ssm_step_weights& w, const state_quantizer& q, const float* z, float* xr, float* xi, float* y,
               std::uint64_t& clamped) {
   const std::size_t M = w.modes;
-  const int_limits lim = q.spec.limits();
+  const int_limits lim = q.active ? q.spec.limits() : int_limits{0, 0};
   thread_local std::vector<float> ar, ai, br, bi;  // scratch, reused across steps
   for (auto* v : {&ar, &ai, &br, &bi}) v->resize(M);
   for (std::size_t h = 0; h < w.heads; ++h) {
