@@ -15,6 +15,7 @@
 
 #include "../data/sequence.hpp"
 #include "../s4d/model.hpp"
+#include "../util/cat.hpp"
 #include "safetensors.hpp"
 
 namespace ssmq::io {
@@ -100,13 +101,13 @@ inline model_checkpoint from_safetensors(const safetensors_file& f, const std::s
   if (norm == "none") s.norm = norm_placement::none;
   else if (norm == "pre") s.norm = norm_placement::pre;
   else if (norm == "post") s.norm = norm_placement::post;
-  else throw checkpoint_error("ssmq: " + f.source + ": metadata ssmq.norm = '" + norm + "' (expected none, pre or post)");
-  if (s.state_size % 2 != 0) throw checkpoint_error("ssmq: " + f.source + ": metadata ssmq.state_size must be even");
+  else throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.norm = '", norm, "' (expected none, pre or post)"));
+  if (s.state_size % 2 != 0) throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.state_size must be even"));
   model_options opts;
   const std::string& disc = metadata_string(f, "ssmq.discretization");
   if (disc == "zoh") opts.disc = discretization::zoh;
   else if (disc == "bilinear") opts.disc = discretization::bilinear;
-  else throw checkpoint_error("ssmq: " + f.source + ": metadata ssmq.discretization = '" + disc + "' (expected zoh or bilinear)");
+  else throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.discretization = '", disc, "' (expected zoh or bilinear)"));
   opts.dropout = metadata_double(f, "ssmq.dropout");
   model_checkpoint ck{s4d_model<float>(s, opts), {}};
   ck.input_norm.mean = metadata_double(f, "ssmq.input_mean");

@@ -8,6 +8,7 @@
 // A bad file is an ssmq::io::checkpoint_error naming the file and the problem, never a crash
 // or a partial load. Writing is deterministic (tensors and metadata sorted by name, header
 // padded with spaces to a multiple of 8, as the reference writer does) and atomic on disk.
+#include "../util/cat.hpp"
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -77,24 +78,7 @@ inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 
 namespace detail {
 
-/// Concatenates message parts: strings, string views, C strings and integers (in decimal).
-/// Appending only: GCC 12 at -O3 reports a false -Wrestrict inside `"literal" + f()` where
-/// f returns a std::string (GCC bug 105651), which -Werror builds cannot ignore.
-template <class... Parts>
-[[nodiscard]] std::string cat(const Parts&... parts) {
-  std::string s;
-  const auto append = [&s](const auto& part) {
-    using T = std::remove_cvref_t<decltype(part)>;
-    if constexpr (std::is_integral_v<T>) {
-      static_assert(!std::is_same_v<T, char> && !std::is_same_v<T, bool>, "append text instead");
-      s += std::to_string(part);
-    } else {
-      s += std::string_view(part);
-    }
-  };
-  (append(parts), ...);
-  return s;
-}
+using ssmq::cat;
 
 /// Throws checkpoint_error("ssmq: <source>: <parts...>").
 template <class... Parts>

@@ -30,4 +30,20 @@ double cross_entropy(const T* logits, const std::uint8_t* labels, std::size_t B,
   return loss;
 }
 
+/// How many of B rows of [B, classes] logits have their largest logit (first on ties) at
+/// the label.
+template <class T>
+[[nodiscard]] std::size_t count_correct(const T* logits, const std::uint8_t* labels, std::size_t B,
+                                        std::size_t classes) noexcept {
+  std::size_t correct = 0;
+  for (std::size_t b = 0; b < B; ++b) {
+    const T* z = logits + b * classes;
+    std::size_t arg = 0;
+    for (std::size_t c = 1; c < classes; ++c)
+      if (z[c] > z[arg]) arg = c;
+    correct += arg == labels[b];
+  }
+  return correct;
+}
+
 }  // namespace ssmq::nn

@@ -324,12 +324,7 @@ class fake_quant_model {
           forward_sequence(b.inputs.data() + i * b.length * b.channels, b.length, logits.data() + i * C, &per_thread[t]);
       });
       loss += nn::cross_entropy(logits.data(), b.labels.data(), b.size, C, static_cast<float*>(nullptr), 1.0);
-      for (std::size_t i = 0; i < b.size; ++i) {
-        std::size_t arg = 0;
-        for (std::size_t c = 1; c < C; ++c)
-          if (logits[i * C + c] > logits[i * C + arg]) arg = c;
-        correct += arg == b.labels[i];
-      }
+      correct += nn::count_correct(logits.data(), b.labels.data(), b.size, C);
       r.count += b.size;
     });
     r.loss = r.count ? loss / static_cast<double>(r.count) : 0.0;

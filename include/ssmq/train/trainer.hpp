@@ -65,12 +65,7 @@ eval_result evaluate(const s4d_model<T>& model, const data::batcher& data, ssm_m
       if (hi > lo) model.forward(prep, x.data() + lo * b.length * b.channels, hi - lo, logits.data() + lo * C);
     });
     loss += nn::cross_entropy(logits.data(), b.labels.data(), b.size, C, static_cast<T*>(nullptr), 1.0);
-    for (std::size_t i = 0; i < b.size; ++i) {
-      std::size_t arg = 0;
-      for (std::size_t c = 1; c < C; ++c)
-        if (logits[i * C + c] > logits[i * C + arg]) arg = c;
-      correct += arg == b.labels[i];
-    }
+    correct += nn::count_correct(logits.data(), b.labels.data(), b.size, C);
     if (logits_out) logits_out->insert(logits_out->end(), logits.begin(), logits.end());
     r.count += b.size;
     if (prog) prog->update(r.count);
@@ -127,12 +122,7 @@ std::pair<double, std::size_t> train_step(s4d_model<T>& model, adam<T>& opt, con
       model.forward(prep, x.data() + m * b.length * b.channels, n, logits.data(), &cache, &rng);
       losses[t] += nn::cross_entropy(logits.data(), b.labels.data() + m, n, C, dlogits.data(),
                                      1.0 / static_cast<double>(b.size));
-      for (std::size_t i = 0; i < n; ++i) {
-        std::size_t arg = 0;
-        for (std::size_t c = 1; c < C; ++c)
-          if (logits[i * C + c] > logits[i * C + arg]) arg = c;
-        correct[t] += arg == b.labels[m + i];
-      }
+      correct[t] += nn::count_correct(logits.data(), b.labels.data() + m, n, C);
       model.backward(prep, cache, dlogits.data(), grads[t], pgs[t]);
     }
   });
