@@ -16,6 +16,7 @@
 #include <ssmq/data/batcher.hpp>
 #include <ssmq/data/dataset.hpp>
 #include <ssmq/io/model_checkpoint.hpp>
+#include <ssmq/io/training_state.hpp>
 #include <ssmq/precision/footprint.hpp>
 #include <ssmq/quant/fake_quant_model.hpp>
 #include <ssmq/train/trainer.hpp>
@@ -103,20 +104,7 @@ int run_train(const train_args& a) {
     if (ssmq::io::metadata_string(f, "train.fingerprint") != fingerprint(a))
       throw std::invalid_argument("ssmq train --resume: the saved run used other options (" +
                                   ssmq::io::metadata_string(f, "train.fingerprint") + ")");
-    std::set<std::string> extra;
-    for (const auto& [name, t] : f.tensors)
-      if (name.rfind("adam.", 0) == 0) extra.insert(name);
-    auto ck = ssmq::io::from_safetensors(f, extra);
-    model.params = ck.model.params;
-    std::size_t k = 0;
-    model.params.for_each([&](const std::string& name, std::vector<float>& v, ssmq::param_group) {
-      const auto m = ssmq::io::expect_tensor(f, "adam.m." + name, {v.size()});
-      const auto s = ssmq::io::expect_tensor(f, "adam.v." + name, {v.size()});
-      opt.first_moments()[k].assign(m.begin(), m.end());
-      opt.second_moments()[k].assign(s.begin(), s.end());
-      ++k;
-    });
-    opt.set_steps(static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.adam_steps", 0)));
+    ssmq::io::restore_training_state(f, model, opt);
     o.first_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.next_epoch", 0));
     best_acc = ssmq::io::metadata_double(f, "train.best_val_accuracy");
     best_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.best_epoch", 0));
@@ -147,15 +135,8 @@ int run_train(const train_args& a) {
       best_epoch = st.epoch;
       ssmq::io::save_model(out, model, norm);
     }
-    auto f = ssmq::io::to_safetensors(model, norm);
-    std::size_t k = 0;
-    model.params.for_each([&](const std::string& name, std::vector<float>& v, ssmq::param_group) {
-      f.tensors["adam.m." + name] = {{v.size()}, opt.first_moments()[k]};
-      f.tensors["adam.v." + name] = {{v.size()}, opt.second_moments()[k]};
-      ++k;
-    });
+    auto f = ssmq::io::training_state(model, opt, norm);
     ssmq::io::set_metadata(f, "train.fingerprint", fingerprint(a));
-    ssmq::io::set_metadata(f, "train.adam_steps", opt.steps());
     ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
     ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
     ssmq::io::set_metadata(f, "train.best_epoch", best_epoch);

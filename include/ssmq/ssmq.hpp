@@ -31,6 +31,7 @@
 #include "data/sequence.hpp"
 #include "io/model_checkpoint.hpp"
 #include "io/safetensors.hpp"
+#include "io/training_state.hpp"
 #include "train/optimizer.hpp"
 #include "train/progress.hpp"
 #include "train/trainer.hpp"
