@@ -19,6 +19,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../data/batcher.hpp"
@@ -102,8 +104,45 @@ struct quantized_layer {
   point_quantizer q_abar, q_bbar, q_cbar, q_d, q_w_out, q_state, q_y, q_y_out, q_ssm_in, q_lin_in;
 };
 
+/// Everything that defines a fake-quantized model: what a quantized model file stores, and
+/// what QAT hands over after training (its shadows quantized, its activation points frozen).
+struct fake_quant_parts {
+  model_shape shape;
+  precision_spec spec;
+  bool use_qgelu = false;
+  nn::linear_params<float> enc, dec;  ///< weights fake-quantized
+  point_quantizer q_enc_in, q_dec_in, q_w_enc, q_w_dec;
+  std::vector<quantized_layer> layers;
+};
+
 class fake_quant_model {
  public:
+  /// From parts (e.g. loaded from a file, or made by QAT); checks that their sizes agree
+  /// with the shape.
+  explicit fake_quant_model(fake_quant_parts p)
+      : shape_(p.shape), spec_(p.spec), use_qgelu_(p.use_qgelu), enc_(std::move(p.enc)), dec_(std::move(p.dec)),
+        q_enc_in_(std::move(p.q_enc_in)), q_dec_in_(std::move(p.q_dec_in)), q_w_enc_(std::move(p.q_w_enc)),
+        q_w_dec_(std::move(p.q_w_dec)), layers_(std::move(p.layers)) {
+    shape_.validate();
+    const std::size_t H = shape_.heads, HM = H * shape_.modes();
+    auto need = [](bool ok, const char* what) {
+      if (!ok) throw std::invalid_argument(std::string("ssmq: fake-quantized model parts: ") + what + " does not match the shape");
+    };
+    need(enc_.in == shape_.inputs && enc_.out == H && enc_.W.size() == H * shape_.inputs && enc_.bias.size() == H, "encoder");
+    need(dec_.in == H && dec_.out == shape_.classes && dec_.W.size() == H * shape_.classes && dec_.bias.size() == shape_.classes, "decoder");
+    need(layers_.size() == shape_.layers, "the number of layers");
+    for (const auto& l : layers_) {
+      for (const auto* v : {&l.abar_re, &l.abar_im, &l.bbar_re, &l.bbar_im, &l.c_re, &l.c_im}) need(v->size() == HM, "an SSM tensor");
+      need(l.d.size() == H, "D");
+      need(l.out.in == H && l.out.out == 2 * H && l.out.W.size() == 2 * H * H && l.out.bias.size() == 2 * H, "an output linear");
+    }
+  }
+
+  /// The parts of this model (a copy).
+  [[nodiscard]] fake_quant_parts parts() const {
+    return {shape_, spec_, use_qgelu_, enc_, dec_, q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_, layers_};
+  }
+
   /// Discretises `m` (its own discretisation), and fake-quantizes its parameters under `spec`.
   fake_quant_model(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu = gelu_choice::automatic)
       : shape_(m.shape()), spec_(spec),
