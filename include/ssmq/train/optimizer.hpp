@@ -19,10 +19,13 @@ struct adam_options {
   double clip_norm = 0.0;      ///< clip the global gradient norm to this (0: off)
 };
 
+/// Works on any parameter set P with P::for_each(f(name, std::vector<T>&, param_group)):
+/// s4d_model_params<T>, or QAT's shadows (quant::qat_params).
 template <class T>
 class adam {
  public:
-  adam(s4d_model_params<T>& params, adam_options opts) : opts_(opts) {
+  template <class P>
+  adam(P& params, adam_options opts) : opts_(opts) {
     params.for_each([&](const std::string&, std::vector<T>& v, param_group) {
       m_.emplace_back(v.size(), T(0));
       v_.emplace_back(v.size(), T(0));
@@ -34,7 +37,8 @@ class adam {
 
   /// One update with learning-rate multiplier `lr_scale` (the schedule). Returns the global
   /// gradient norm before clipping.
-  double step(s4d_model_params<T>& params, s4d_model_params<T>& grads, double lr_scale) {
+  template <class P>
+  double step(P& params, P& grads, double lr_scale) {
     std::vector<std::vector<T>*> g;
     grads.for_each([&](const std::string&, std::vector<T>& v, param_group) { g.push_back(&v); });
     double sq = 0.0;

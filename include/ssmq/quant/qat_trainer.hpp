@@ -1,0 +1,170 @@
+#pragma once
+// The QAT loop: Adam on the shadows, cosine schedule, recurrent-mode forward/backward of the
+// fake-quantized model on both cores. Deterministic like the float trainer: each batch is
+// split into one contiguous share per thread, each cut into micro-batches, and the
+// per-thread gradients are summed in thread order.
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../data/batcher.hpp"
+#include "../nn/loss.hpp"
+#include "../train/optimizer.hpp"
+#include "../train/progress.hpp"
+#include "../train/trainer.hpp"
+#include "qat_model.hpp"
+
+namespace ssmq::quant {
+
+struct qat_options {
+  std::size_t epochs = 10;
+  std::size_t threads = 2;
+  std::size_t micro_batch = 16;  ///< sequences per forward/backward call inside a share
+  train::adam_options adam{.lr = 1e-3, .ssm_lr = 1e-3};
+  std::size_t first_epoch = 0;   ///< > 0 when resuming
+};
+
+/// Per-thread buffers of a QAT run, kept across steps.
+struct qat_workspace {
+  std::vector<qat_cache> caches;
+  std::vector<qat_grads> grads;
+  qat_params shadow_grads;
+};
+
+struct qat_step_result {
+  double loss = 0.0;          ///< summed over the batch
+  std::size_t correct = 0;
+  std::uint64_t state_clamped = 0;
+};
+
+/// One optimisation step on batch `b`.
+inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt, const data::batch& b,
+                                      const qat_options& o, double lr_scale, qat_workspace& ws) {
+  const std::size_t C = model.shape().classes;
+  const qat_prepared pp = model.prepare();
+  if (ws.caches.size() != o.threads) {
+    ws.caches.assign(o.threads, qat_cache{});
+    ws.grads.assign(o.threads, model.make_grads());
+  }
+  std::vector<double> losses(o.threads, 0.0);
+  std::vector<std::size_t> correct(o.threads, 0);
+  std::vector<std::uint64_t> clamped(o.threads, 0);
+  train::parallel_for(o.threads, [&](std::size_t t) {
+    ws.grads[t].zero();
+    std::vector<float> logits, dlogits;
+    const auto [lo, hi] = train::share(b.size, o.threads, t);
+    for (std::size_t m = lo; m < hi; m += o.micro_batch) {
+      const std::size_t n = std::min(o.micro_batch, hi - m);
+      logits.assign(n * C, 0.0f);
+      dlogits.assign(n * C, 0.0f);
+      clamped[t] += model.forward(pp, b.inputs.data() + m * b.length * b.channels, n, b.length, logits.data(),
+                                  &ws.caches[t]);
+      losses[t] += nn::cross_entropy(logits.data(), b.labels.data() + m, n, C, dlogits.data(),
+                                     1.0 / static_cast<double>(b.size));
+      correct[t] += nn::count_correct(logits.data(), b.labels.data() + m, n, C);
+      model.backward(pp, ws.caches[t], dlogits.data(), ws.grads[t]);
+    }
+  });
+  for (std::size_t t = 1; t < o.threads; ++t) ws.grads[0].add(ws.grads[t]);
+  model.finish_backward(pp, ws.grads[0], ws.shadow_grads);
+  opt.step(model.shadows, ws.shadow_grads, lr_scale);
+  qat_step_result r;
+  for (std::size_t t = 0; t < o.threads; ++t) {
+    r.loss += losses[t];
+    r.correct += correct[t];
+    r.state_clamped += clamped[t];
+  }
+  if (!std::isfinite(r.loss)) throw std::runtime_error("ssmq: QAT diverged (non-finite loss)");
+  return r;
+}
+
+/// Accuracy and mean loss of the fake-quantized model the current shadows define, over every
+/// batch of `data` (the batched QAT forward; equal to fake_quant_model's evaluation up to
+/// float summation order).
+inline train::eval_result qat_evaluate(const qat_model& model, const data::batcher& data, std::size_t threads,
+                                       std::size_t micro_batch = 16) {
+  const std::size_t C = model.shape().classes;
+  const qat_prepared pp = model.prepare();
+  train::eval_result r;
+  double loss = 0.0;
+  std::size_t correct = 0;
+  data.for_each_batch(0, [&](const data::batch& b) {
+    std::vector<float> logits(b.size * C);
+    train::parallel_for(threads, [&](std::size_t t) {
+      const auto [lo, hi] = train::share(b.size, threads, t);
+      for (std::size_t m = lo; m < hi; m += micro_batch) {
+        const std::size_t n = std::min(micro_batch, hi - m);
+        model.forward(pp, b.inputs.data() + m * b.length * b.channels, n, b.length, logits.data() + m * C);
+      }
+    });
+    loss += nn::cross_entropy(logits.data(), b.labels.data(), b.size, C, static_cast<float*>(nullptr), 1.0);
+    correct += nn::count_correct(logits.data(), b.labels.data(), b.size, C);
+    r.count += b.size;
+  });
+  r.loss = r.count ? loss / static_cast<double>(r.count) : 0.0;
+  r.accuracy = r.count ? static_cast<double>(correct) / static_cast<double>(r.count) : 0.0;
+  return r;
+}
+
+struct qat_epoch_stats {
+  std::size_t epoch = 0;  ///< 0-based
+  double lr = 0.0;
+  double train_loss = 0.0, train_accuracy = 0.0;
+  double state_clamp_rate = 0.0;  ///< fraction of state values the clamp changed
+  train::eval_result validation;
+  double seconds = 0.0;
+  double samples_per_second = 0.0;
+};
+
+/// Trains for o.epochs (from o.first_epoch), evaluating on `validation` (if given) after each
+/// epoch and calling on_epoch(stats) - where callers log, checkpoint and select.
+inline void qat_train(qat_model& model, train::adam<float>& opt, const data::batcher& training,
+                      const data::batcher* validation, const qat_options& o,
+                      const std::function<void(const qat_epoch_stats&)>& on_epoch) {
+  if (o.threads == 0 || o.micro_batch == 0) throw std::invalid_argument("ssmq: threads and micro_batch must be >= 1");
+  if (!model.calibrated()) throw std::logic_error("ssmq: calibrate the QAT model before training");
+  qat_workspace ws;
+  const std::size_t per_epoch = training.dataset().size();
+  train::progress prog("qat", (o.epochs - o.first_epoch) * per_epoch, "samples");
+  std::size_t done = 0;
+  const double state_values_per_seq = static_cast<double>(2 * model.shape().heads * model.shape().modes() *
+                                                          model.shape().layers);
+  for (std::size_t e = o.first_epoch; e < o.epochs; ++e) {
+    const double scale = train::cosine_scale(e, o.epochs);
+    qat_epoch_stats st;
+    st.epoch = e;
+    st.lr = o.adam.lr * scale;
+    double loss = 0.0;
+    std::size_t ok = 0, seen = 0;
+    std::uint64_t clamped = 0, steps = 0;
+    const auto t0 = train::progress::clock::now();
+    training.for_each_batch(e, [&](const data::batch& b) {
+      const auto r = qat_train_step(model, opt, b, o, scale, ws);
+      loss += r.loss;
+      ok += r.correct;
+      clamped += r.state_clamped;
+      seen += b.size;
+      done += b.size;
+      steps += static_cast<std::uint64_t>(b.size) * b.length;
+      char extra[96];
+      std::snprintf(extra, sizeof extra, "epoch %zu/%zu, loss %.4f, acc %.4f", e + 1, o.epochs,
+                    loss / static_cast<double>(seen), static_cast<double>(ok) / static_cast<double>(seen));
+      prog.update(done, extra);
+    });
+    st.seconds = std::chrono::duration<double>(train::progress::clock::now() - t0).count();
+    st.samples_per_second = static_cast<double>(seen) / st.seconds;
+    st.train_loss = loss / static_cast<double>(seen);
+    st.train_accuracy = static_cast<double>(ok) / static_cast<double>(seen);
+    st.state_clamp_rate = steps ? static_cast<double>(clamped) / (static_cast<double>(steps) * state_values_per_seq) : 0.0;
+    if (validation) st.validation = qat_evaluate(model, *validation, o.threads);
+    on_epoch(st);
+  }
+}
+
+}  // namespace ssmq::quant
