@@ -130,6 +130,23 @@ class qat_model {
   void use_scalar_reference(bool on) noexcept { scalar_reference_ = on; }
   [[nodiscard]] const std::vector<qat_act_points>& activation_points() const noexcept { return acts_; }
 
+  /// f(name, point_quantizer&) for every activation and state point, in a fixed order (for
+  /// saving and restoring the calibration): "enc_in", "dec_in", "layers.<i>.<point>".
+  template <class F>
+  void for_each_activation_point(F&& f) {
+    f(std::string("enc_in"), q_enc_in_);
+    f(std::string("dec_in"), q_dec_in_);
+    for (std::size_t i = 0; i < acts_.size(); ++i) {
+      const std::string k = "layers." + std::to_string(i) + ".";
+      auto& a = acts_[i];
+      f(k + "ssm_in", a.ssm_in);
+      f(k + "state", a.state);
+      f(k + "y", a.y);
+      f(k + "y_out", a.y_out);
+      f(k + "lin_in", a.lin_in);
+    }
+  }
+
   [[nodiscard]] bool calibrated() const {
     auto ok = [](const point_quantizer& q) { return !q.active() || q.frozen(); };
     if (!ok(q_enc_in_) || !ok(q_dec_in_)) return false;
@@ -551,8 +568,8 @@ class qat_model {
     }
     const ssm_step_weights w = head_weights(pl, h);
     const state_quantizer q = head_state(state, h);
-    return scalar_reference_ ? qat_scan_forward<scalar_impl>(w, q, z, L, y, states)
-                             : qat_scan_forward<simd_impl>(w, q, z, L, y, states);
+    return scalar_reference_ ? qat_scan_forward<false>(w, q, z, L, y, states)
+                             : qat_scan_forward<true>(w, q, z, L, y, states);
   }
 
   precision_spec spec_;

@@ -56,6 +56,19 @@ struct lane_ops<xsimd::batch<float, A>> {
   static V floor(V v) noexcept { return xsimd::floor(v); }
 };
 
+/// How many lanes of v lie outside [-c, c] (the state clamp's count).
+inline std::uint64_t count_outside(float v, float c) noexcept { return std::fabs(v) > c; }
+template <class A>
+std::uint64_t count_outside(xsimd::batch<float, A> v, float c) noexcept {
+  const auto outside = xsimd::abs(v) > xsimd::batch<float, A>(c);
+  if (!xsimd::any(outside)) return 0;  // the common case
+  alignas(64) float lanes_v[xsimd::batch<float, A>::size];
+  v.store_aligned(lanes_v);
+  std::uint64_t n = 0;
+  for (float x : lanes_v) n += std::fabs(x) > c;
+  return n;
+}
+
 /// The state quantizer's constants, for any lane type.
 template <class V>
 struct fq_lanes {
@@ -65,19 +78,19 @@ struct fq_lanes {
       : inv(p.inv_scale), zp(static_cast<float>(p.zero_point)), scale(p.scale), lo(static_cast<float>(lim.qmin)),
         hi(static_cast<float>(lim.qmax)) {}
   /// kernels::scalar::unclamped_level, operation for operation.
-  [[nodiscard]] V unclamped(V x) const noexcept {
+  [[nodiscard, gnu::always_inline]] V unclamped(V x) const noexcept {
     const V v = x * inv;
     const V f = ops::floor(v);
     return ops::select((v - f) >= V(0.5f), f + V(1.0f), f) + zp;
   }
   /// kernels::scalar::fake_quant_value (NaN passes through).
-  [[nodiscard]] V fake_quant(V x) const noexcept {
+  [[nodiscard, gnu::always_inline]] V fake_quant(V x) const noexcept {
     const V c = unclamped(x);
     const V l = ops::select(c < lo, lo, ops::select(c > hi, hi, c));
     return ops::select(ops::is_nan(x), x, (l - zp) * scale);
   }
   /// The straight-through estimator: g where x's level lies in [qmin, qmax], clipped.
-  [[nodiscard]] V ste(V x, V g) const noexcept {
+  [[nodiscard, gnu::always_inline]] V ste(V x, V g) const noexcept {
     const V c = unclamped(x);
     const V clipped = ops::select(g < V(-state_grad_clip), V(-state_grad_clip),
                                   ops::select(g > V(state_grad_clip), V(state_grad_clip), g));
@@ -97,7 +110,7 @@ struct scan_step_args {
 
 /// Backward of one step for the modes [i, i + lanes of V); adds br gbr + bi gbi into gz.
 template <class V>
-inline void scan_backward_lanes(const scan_step_args& a, std::size_t i, bool active, bool clamp_on, float clamp,
+[[gnu::always_inline]] inline void scan_backward_lanes(const scan_step_args& a, std::size_t i, bool active, bool clamp_on, float clamp,
                                 const fq_lanes<V>& fq, V& gz) noexcept {
   using ops = lane_ops<V>;
   const V ar = ops::load(a.ar + i), ai = ops::load(a.ai + i), br = ops::load(a.br + i), bi = ops::load(a.bi + i);
@@ -166,26 +179,96 @@ inline float scan_backward_step(const scan_step_args& a, std::size_t M, const st
   return gz;
 }
 
+
+/// What one forward step reads and updates, per head.
+struct scan_forward_args {
+  const float *ar, *ai, *br, *bi, *cr, *ci;  ///< Ā, B̄, C̄ of the head [M]
+  float *xr, *xi;                            ///< in: x_{k-1}; out: x_k
+  float z;                                   ///< z_k
+};
+
+/// Forward of one step for the modes [i, i + lanes of V) (ssm_step's operations, fused);
+/// adds cr xr - ci xi into acc and the clamp's firings into clamped.
+template <class V>
+[[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, bool active, bool clamp_on, float clamp,
+                               const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
+  using ops = lane_ops<V>;
+  const V ar = ops::load(a.ar + i), ai = ops::load(a.ai + i), xr = ops::load(a.xr + i), xi = ops::load(a.xi + i);
+  const V z(a.z);
+  V pr = ar * xr - ai * xi, pi = ar * xi + ai * xr;
+  V br = ops::load(a.br + i) * z, bi = ops::load(a.bi + i) * z;
+  if (active) {
+    pr = fq.fake_quant(pr);
+    pi = fq.fake_quant(pi);
+    br = fq.fake_quant(br);
+    bi = fq.fake_quant(bi);
+  }
+  V sr = pr + br, si = pi + bi;
+  if (clamp_on) {
+    const V c(clamp), mc(-clamp);
+    clamped += count_outside(sr, clamp) + count_outside(si, clamp);
+    sr = ops::select(sr < mc, mc, ops::select(sr > c, c, sr));
+    si = ops::select(si < mc, mc, ops::select(si > c, c, si));
+  }
+  if (active) {
+    sr = fq.fake_quant(sr);
+    si = fq.fake_quant(si);
+  }
+  ops::store(a.xr + i, sr);
+  ops::store(a.xi + i, si);
+  acc = acc + (ops::load(a.cr + i) * sr - ops::load(a.ci + i) * si);
+}
+
+/// One forward step over all M modes; returns sum_n Re(C̄ x_k) in the lane-blocked order.
+template <bool Simd>
+inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const state_quantizer& q, int_limits lim,
+                               std::uint64_t& clamped) {
+  constexpr std::size_t W = lanes;
+  const affine_params p = q.active ? q.params[0] : affine_params{};
+  const fq_lanes<float> fq1(p, lim);
+  float partial[W] = {};
+  std::size_t i = 0;
+  if constexpr (Simd) {
+    using B = xsimd::batch<float>;
+    const fq_lanes<B> fqb(p, lim);
+    B acc(0.0f);
+    for (; i + W <= M; i += W) scan_forward_lanes<B>(a, i, q.active, q.clamp_enabled, q.clamp, fqb, acc, clamped);
+    acc.store_unaligned(partial);
+  } else {
+    for (; i + W <= M; i += W)
+      for (std::size_t j = 0; j < W; ++j)
+        scan_forward_lanes<float>(a, i + j, q.active, q.clamp_enabled, q.clamp, fq1, partial[j], clamped);
+  }
+  float s = 0.0f;
+  for (std::size_t j = 0; j < W; ++j) s += partial[j];
+  for (; i < M; ++i) {
+    float t = 0.0f;
+    scan_forward_lanes<float>(a, i, q.active, q.clamp_enabled, q.clamp, fq1, t, clamped);
+    s += t;
+  }
+  return s;
+}
+
 }  // namespace detail
 
 /// Forward over one head and one sequence: z [L] -> y [L] (y_k = 2 Re(C̄ x_k), before D z and
 /// the output quantizers). `w` holds the head's weights (heads = 1); a quantized state needs
 /// static parameters (q.params[0]). With `states` ([L, 2M]: re then im of x_k) every state is
-/// kept for the backward pass. Returns how often the state clamp fired.
-template <class Impl>
+/// kept for the backward pass. Returns how often the state clamp fired. Simd selects the
+/// lane type; both give the results of ssm_step (same operations, same summation order).
+template <bool Simd>
 std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer& q, const float* z, std::size_t L,
                                float* y, float* states = nullptr) {
   const std::size_t M = w.modes;
-  thread_local std::vector<float> xr, xi;
-  xr.assign(M, 0.0f);
-  xi.assign(M, 0.0f);
+  const int_limits lim = q.active ? q.spec.limits() : int_limits{0, 0};
+  thread_local std::vector<float> x;
+  x.assign(2 * M, 0.0f);
+  detail::scan_forward_args a{w.abar_re, w.abar_im, w.bbar_re, w.bbar_im, w.c_re, w.c_im, x.data(), x.data() + M, 0.0f};
   std::uint64_t clamped = 0;
   for (std::size_t k = 0; k < L; ++k) {
-    detail::ssm_step<Impl>(w, q, z + k, xr.data(), xi.data(), y + k, clamped);
-    if (states != nullptr) {
-      std::copy(xr.begin(), xr.end(), states + k * 2 * M);
-      std::copy(xi.begin(), xi.end(), states + k * 2 * M + M);
-    }
+    a.z = z[k];
+    y[k] = 2.0f * detail::scan_forward_step<Simd>(a, M, q, lim, clamped);
+    if (states != nullptr) std::copy(x.begin(), x.end(), states + k * 2 * M);
   }
   return clamped;
 }

@@ -1,0 +1,158 @@
+#pragma once
+// `ssmq qat`: quantization-aware training of a pre-trained checkpoint under a named precision
+// configuration and a parameterization of Ā. Calibrates the activation and state ranges
+// (static, as PTQ does), reports the PTQ starting point, trains the shadows in recurrent mode
+// (Adam, cosine schedule), keeps the epoch with the best validation accuracy, and reports the
+// test accuracy of that model through the fake-quantized evaluation path of PTQ.
+// Writes <out> (shadows + calibration, loadable with io::qat_from_safetensors), <out>.log.csv,
+// and <out>.train-state after every epoch (--resume continues bit-identically).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <ssmq/data/dataset.hpp>
+#include <ssmq/io/model_checkpoint.hpp>
+#include <ssmq/io/optimizer_state.hpp>
+#include <ssmq/io/qat_checkpoint.hpp>
+#include <ssmq/precision/footprint.hpp>
+#include <ssmq/quant/qat_trainer.hpp>
+
+namespace ssmq_cli {
+
+struct qat_args {
+  std::string model, data = "data/mnist", config = "all8", param = "discrete", out;
+  std::size_t epochs = 10, batch = 64, threads = 2, micro_batch = 16, calib_batches = 4, calib_batch = 32;
+  std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
+  double lr = 1e-3;
+  std::uint64_t seed = 0;
+  bool resume = false;
+};
+
+inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
+  cmd = app.add_subcommand("qat", "quantization-aware training of a checkpoint under a named configuration");
+  cmd->add_option("--model", a.model, "pre-trained float checkpoint")->required();
+  cmd->add_option("--config", a.config, "precision name, e.g. all8 or Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6");
+  cmd->add_option("--param", a.param, "parameterization of Abar: discrete, continuous, frozen or polar");
+  cmd->add_option("--out", a.out, "where to write the best-validation shadows (.safetensors)")->required();
+  cmd->add_option("--data", a.data);
+  cmd->add_option("--epochs", a.epochs);
+  cmd->add_option("--batch", a.batch);
+  cmd->add_option("--lr", a.lr);
+  cmd->add_option("--seed", a.seed, "batch order and calibration batches");
+  cmd->add_option("--threads", a.threads);
+  cmd->add_option("--micro-batch", a.micro_batch);
+  cmd->add_option("--calib-batches", a.calib_batches, "training batches for static calibration");
+  cmd->add_option("--calib-batch", a.calib_batch, "sequences per calibration batch");
+  cmd->add_option("--val-size", a.val_size);
+  cmd->add_option("--train-limit", a.train_limit, "use only the first N training sequences");
+  cmd->add_option("--val-limit", a.val_limit, "validate on only the first N validation sequences");
+  cmd->add_option("--test-limit", a.test_limit, "test on only the first N test sequences");
+  cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
+}
+
+inline std::string qat_fingerprint(const qat_args& a) {
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "config=%s param=%s epochs=%zu batch=%zu lr=%.17g seed=%llu threads=%zu micro=%zu calib=%zux%zu limit=%zu",
+                a.config.c_str(), a.param.c_str(), a.epochs, a.batch, a.lr, static_cast<unsigned long long>(a.seed),
+                a.threads, a.micro_batch, a.calib_batches, a.calib_batch, a.train_limit);
+  return buf;
+}
+
+inline void shorten(ssmq::data::image_dataset& ds, std::size_t limit) {
+  if (limit > 0 && limit < ds.size()) (void)ds.split_off(limit, "unused");
+}
+
+inline int run_qat(const qat_args& a) {
+  namespace fs = std::filesystem;
+  const auto ck = ssmq::io::load_model(a.model);
+  const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
+  const auto param = ssmq::quant::parameterization_from_name(a.param);
+  auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
+  shorten(split.train, a.train_limit);
+  shorten(split.validation, a.val_limit);
+  shorten(split.test, a.test_limit);
+  ssmq::data::batcher training(split.train, ck.input_norm, {a.batch, ssmq::data::batch_order::shuffled, a.seed, false});
+  ssmq::data::batcher calib(split.train, ck.input_norm, {a.calib_batch, ssmq::data::batch_order::shuffled, a.seed, false});
+  ssmq::data::batcher validation(split.validation, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::data::batcher test(split.test, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
+
+  ssmq::quant::qat_options o;
+  o.epochs = a.epochs;
+  o.threads = a.threads;
+  o.micro_batch = a.micro_batch;
+  o.adam.lr = a.lr;
+  o.adam.ssm_lr = a.lr;
+  const fs::path out(a.out), state(a.out + ".train-state");
+  double best_acc = -1.0;
+  std::size_t best_epoch = 0;
+  ssmq::quant::qat_model model(ck.model, spec, param);
+  ssmq::train::adam<float> opt(model.shadows, o.adam);
+  if (a.resume && fs::exists(state)) {
+    const auto f = ssmq::io::load_safetensors(state);
+    if (ssmq::io::metadata_string(f, "train.fingerprint") != qat_fingerprint(a))
+      throw std::invalid_argument("ssmq qat --resume: the saved run used other options (" +
+                                  ssmq::io::metadata_string(f, "train.fingerprint") + ")");
+    model = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
+    ssmq::io::restore_optimizer_state(f, model.shadows, opt);
+    o.first_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.next_epoch", 0));
+    best_acc = ssmq::io::metadata_double(f, "train.best_val_accuracy");
+    best_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.best_epoch", 0));
+    std::fprintf(stderr, "resuming at epoch %zu (best validation %.4f at epoch %zu)\n", o.first_epoch + 1, best_acc,
+                 best_epoch + 1);
+  } else if (fs::exists(state)) {
+    throw std::invalid_argument("ssmq qat: " + state.string() + " exists: pass --resume to continue that run, or remove it");
+  }
+
+  const std::string log_path = a.out + ".log.csv";
+  const bool new_log = o.first_epoch == 0;
+  std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
+  if (!log) throw std::runtime_error("ssmq: cannot write " + log_path);
+  if (new_log) {
+    model.calibrate(calib, a.calib_batches, a.threads);
+    const auto ptq = ssmq::quant::qat_evaluate(model, validation, a.threads);
+    std::fprintf(stderr, "%s, %s: PTQ starting point: validation accuracy %.4f, loss %.4f\n", a.config.c_str(),
+                 a.param.c_str(), ptq.accuracy, ptq.loss);
+    log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,state_clamp_rate,seconds,samples_per_second\n";
+    log << "0,0,,," << ptq.loss << ',' << ptq.accuracy << ",,,\n" << std::flush;
+  }
+  ssmq::quant::qat_train(model, opt, training, &validation, o, [&](const ssmq::quant::qat_epoch_stats& st) {
+    char row[256];
+    std::snprintf(row, sizeof row, "%zu,%.6g,%.6f,%.6f,%.6f,%.6f,%.3e,%.1f,%.1f", st.epoch + 1, st.lr, st.train_loss,
+                  st.train_accuracy, st.validation.loss, st.validation.accuracy, st.state_clamp_rate, st.seconds,
+                  st.samples_per_second);
+    log << row << '\n' << std::flush;
+    std::fprintf(stderr, "epoch %zu/%zu: train loss %.4f acc %.4f | validation loss %.4f acc %.4f | %.0f s\n",
+                 st.epoch + 1, o.epochs, st.train_loss, st.train_accuracy, st.validation.loss, st.validation.accuracy,
+                 st.seconds);
+    if (st.validation.accuracy > best_acc) {
+      best_acc = st.validation.accuracy;
+      best_epoch = st.epoch;
+      ssmq::io::save_safetensors(out, ssmq::io::to_safetensors(ck, model));
+    }
+    auto f = ssmq::io::to_safetensors(ck, model);
+    ssmq::io::add_optimizer_state(f, model.shadows, opt);
+    ssmq::io::set_metadata(f, "train.fingerprint", qat_fingerprint(a));
+    ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
+    ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
+    ssmq::io::set_metadata(f, "train.best_epoch", best_epoch);
+    ssmq::io::save_safetensors(state, f);
+  });
+
+  // The chosen epoch, evaluated through PTQ's fake-quantized model (what a file would hold).
+  auto best = ssmq::io::qat_from_safetensors(ssmq::io::load_safetensors(out)).model;
+  const ssmq::quant::fake_quant_model fm(best.parts(best.prepare()));
+  ssmq::quant::clamp_stats cs;
+  const auto r = fm.evaluate(test, a.threads, &cs);
+  const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
+  const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
+  std::printf("qat %s %s: best validation accuracy %.4f at epoch %zu; test accuracy %.4f (%.2f %%), loss %.4f on %zu "
+              "sequences; footprint %zu B (%.2fx smaller than float32); %zu unstable modes\n",
+              a.config.c_str(), a.param.c_str(), best_acc, best_epoch + 1, r.accuracy, 100.0 * r.accuracy, r.loss,
+              r.count, fp.total(), static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
+              fm.stability().unstable_modes());
+  return 0;
+}
+
+}  // namespace ssmq_cli
