@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <ssmq/io/optimizer_state.hpp>
+#include <ssmq/io/qat_checkpoint.hpp>
 #include <ssmq/quant/qat_trainer.hpp>
 
 #include "../support/tiny_tasks.hpp"
@@ -374,4 +376,82 @@ TEST_CASE("a tiny QAT run: loss falls, accuracy ends above PTQ, same seed gives 
   CHECK(before.layers[0].abar_re == after.layers[0].abar_re);
   CHECK(before.layers[0].abar_im == after.layers[0].abar_im);
   CHECK(before.layers[0].c_re != after.layers[0].c_re);
+}
+
+TEST_CASE("a QAT checkpoint round-trips: same shadows, same calibration, same logits; bad files are errors") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(6, 8);
+  const auto norm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, norm, {6, ssmq::data::batch_order::sequential, 0, false});
+  const auto batch = first_batch(b);
+  for (const auto param : all_params) {
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name("Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"), param);
+    q.calibrate(b, 1, 1);
+    const ssmq::io::model_checkpoint pre{m, norm};
+    const auto file = ssmq::io::to_safetensors(pre, q);
+    const auto bytes = ssmq::io::to_bytes(file);
+    auto loaded = ssmq::io::qat_from_safetensors(ssmq::io::from_bytes(bytes, "memory")).model;
+    INFO(ssmq::quant::to_string(param));
+    CHECK(loaded.parameterization() == param);
+    CHECK(loaded.uses_qgelu() == q.uses_qgelu());
+    std::vector<float> l1(batch.size * 3), l2(batch.size * 3);
+    q.forward(q.prepare(), batch.inputs.data(), batch.size, batch.length, l1.data());
+    loaded.forward(loaded.prepare(), batch.inputs.data(), batch.size, batch.length, l2.data());
+    CHECK(std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)) == 0);
+    // A missing shadow and a non-positive scale are named.
+    auto missing = file;
+    missing.tensors.erase(missing.tensors.find("qat.s4_layers.0.kernel.C_re"));
+    CHECK_THROWS_WITH_AS(ssmq::io::qat_from_safetensors(missing), doctest::Contains("qat.s4_layers.0.kernel.C_re"),
+                         std::exception);
+    auto bad_scale = file;
+    bad_scale.tensors.at("qat.act.layers.0.state.scale").values[0] = 0.0f;
+    CHECK_THROWS_WITH_AS(ssmq::io::qat_from_safetensors(bad_scale), doctest::Contains("qat.act.layers.0.state"),
+                         std::exception);
+  }
+}
+
+TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an uninterrupted one") {
+  const auto train_set = ssmq_test::synthetic(60, 21);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
+  const auto m = ssmq_test::small_model();
+  ssmq::quant::qat_options o;
+  o.epochs = 3;
+  o.threads = 2;
+  o.micro_batch = 6;
+  const ssmq::io::model_checkpoint pre{m, norm};
+  auto fresh = [&] {
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::continuous);
+    q.calibrate(tb, 1, 1);
+    return q;
+  };
+  auto whole = fresh();
+  ssmq::train::adam<float> opt(whole.shadows, o.adam);
+  ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+
+  // Interrupted after the first epoch: its state goes through bytes, then the run continues.
+  struct stop {};
+  std::vector<std::uint8_t> saved;
+  auto first = fresh();
+  ssmq::train::adam<float> opt1(first.shadows, o.adam);
+  CHECK_THROWS_AS(ssmq::quant::qat_train(first, opt1, tb, nullptr, o,
+                                         [&](const ssmq::quant::qat_epoch_stats&) {
+                                           auto f = ssmq::io::to_safetensors(pre, first);
+                                           ssmq::io::add_optimizer_state(f, first.shadows, opt1);
+                                           saved = ssmq::io::to_bytes(f);
+                                           throw stop{};
+                                         }),
+                  stop);
+  const auto f = ssmq::io::from_bytes(saved, "memory");
+  auto resumed = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
+  ssmq::train::adam<float> opt2(resumed.shadows, o.adam);
+  ssmq::io::restore_optimizer_state(f, resumed.shadows, opt2);
+  auto o2 = o;
+  o2.first_epoch = 1;
+  ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {});
+  const tensors a = named(whole.shadows), b = named(resumed.shadows);
+  for (const auto& [n, v] : a) {
+    INFO(n);
+    CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
+  }
 }
