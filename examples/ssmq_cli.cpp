@@ -1,9 +1,13 @@
 // ssmq: the command-line tool.
 //   ssmq train --data data/mnist --out models/m.safetensors [--epochs 30 --batch 512 --lr 0.01 ...]
 //   ssmq eval  --model models/m.safetensors --data data/mnist [--mode conv|recurrent --split test]
+//   ssmq qat   --model models/m.safetensors --config all8 --param discrete --out runs/q.safetensors
+//   ssmq ptq   --model models/m.safetensors --config Abar8_x8_W4_act6 [--complex re_im|polar --out q.safetensors]
+// eval also takes a quantized model file written by `ptq --out` (evaluated in recurrent mode).
 // Training selects the epoch with the best validation accuracy (never the test split), logs
 // one CSV row per epoch, saves a resumable training state every epoch (--resume continues it
 // bit-identically), and shows progress with the time left.
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -16,10 +20,13 @@
 #include <ssmq/data/batcher.hpp>
 #include <ssmq/data/dataset.hpp>
 #include <ssmq/io/model_checkpoint.hpp>
+#include <ssmq/io/quantized_model.hpp>
 #include <ssmq/io/training_state.hpp>
 #include <ssmq/precision/footprint.hpp>
 #include <ssmq/quant/fake_quant_model.hpp>
 #include <ssmq/train/trainer.hpp>
+
+#include "cli_qat.hpp"
 
 namespace fs = std::filesystem;
 
@@ -40,9 +47,30 @@ struct eval_args {
 };
 
 struct ptq_args {
-  std::string model, data = "data/mnist", config = "all8", split = "test";
+  std::string model, data = "data/mnist", config = "all8", split = "test", out, complex = "re_im";
   std::size_t threads = 2, calib_batches = 4, calib_batch = 32, limit = 0, val_size = 10'000;
 };
+
+/// The split `name` of `split` (train only where `allow_train`), cut to its first `limit`
+/// sequences when limit > 0.
+ssmq::data::image_dataset& select_split(ssmq::data::mnist_split& split, const std::string& name, std::size_t limit,
+                                        bool allow_train, const char* command) {
+  ssmq::data::image_dataset* ds = name == "test"                   ? &split.test
+                                  : name == "validation"           ? &split.validation
+                                  : name == "train" && allow_train ? &split.train
+                                                                   : nullptr;
+  if (ds == nullptr)
+    throw std::invalid_argument(std::string("ssmq ") + command + ": --split must be test, validation" +
+                                (allow_train ? " or train" : "") + ", got '" + name + "'");
+  if (limit > 0 && limit < ds->size()) (void)ds->split_off(limit, "unused");
+  return *ds;
+}
+
+ssmq::quant::complex_format parse_complex(const std::string& c) {
+  if (c == "re_im") return ssmq::quant::complex_format::re_im;
+  if (c == "polar") return ssmq::quant::complex_format::polar;
+  throw std::invalid_argument("ssmq: --complex must be re_im or polar, got '" + c + "'");
+}
 
 ssmq::ssm_mode parse_mode(const std::string& m) {
   if (m == "conv") return ssmq::ssm_mode::convolutional;
@@ -147,14 +175,28 @@ int run_train(const train_args& a) {
   return 0;
 }
 
-int run_eval(const eval_args& a) {
-  const auto ck = ssmq::io::load_model(a.model);
+/// A quantized model file (from `ptq --out`): its fake-quantized model in recurrent mode.
+int run_eval_quantized(const eval_args& a, const ssmq::io::quantized_checkpoint& ck) {
+  if (!a.logits_csv.empty()) throw std::invalid_argument("ssmq eval: --logits-csv is not supported for quantized models");
   auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
-  ssmq::data::image_dataset* ds = a.split == "test" ? &split.test : a.split == "validation" ? &split.validation
-                                  : a.split == "train"                                      ? &split.train
-                                                                                            : nullptr;
-  if (ds == nullptr) throw std::invalid_argument("ssmq eval: --split must be test, validation or train");
-  if (a.limit > 0 && a.limit < ds->size()) (void)ds->split_off(a.limit, "unused");
+  const auto& ds = select_split(split, a.split, a.limit, true, "eval");
+  if (ds.classes() > ck.model.shape().classes) throw std::invalid_argument("ssmq eval: the data has more classes than the model");
+  ssmq::data::batcher b(ds, ck.input_norm, {a.batch, ssmq::data::batch_order::sequential, 0, false});
+  const auto r = ck.model.evaluate(b, a.threads);
+  const std::string name(ck.model.spec().name().view());
+  std::printf("%s split: %zu sequences, quantized model %s%s (recurrent mode): accuracy %.4f (%.2f %%), loss %.4f\n",
+              a.split.c_str(), r.count, name.c_str(),
+              ck.model.complex_form() == ssmq::quant::complex_format::polar ? " polar" : "", r.accuracy,
+              100.0 * r.accuracy, r.loss);
+  return 0;
+}
+
+int run_eval(const eval_args& a) {
+  const auto file = ssmq::io::load_safetensors(a.model);
+  if (ssmq::io::is_quantized_model(file)) return run_eval_quantized(a, ssmq::io::quantized_from_safetensors(file));
+  const auto ck = ssmq::io::from_safetensors(file);
+  auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
+  ssmq::data::image_dataset* ds = &select_split(split, a.split, a.limit, true, "eval");
   if (ds->classes() > ck.model.shape().classes)
     throw std::invalid_argument("ssmq eval: the data has more classes than the model");
   ssmq::data::batcher b(*ds, ck.input_norm, {a.batch, ssmq::data::batch_order::sequential, 0, false});
@@ -180,25 +222,26 @@ int run_eval(const eval_args& a) {
 }
 
 /// Post-training quantization of a checkpoint under a named configuration: calibration on
-/// training batches, accuracy on a split, memory footprint, stability report, clamp rates.
+/// training batches, accuracy on a split, memory footprint, stability report, clamp rates;
+/// with --out, the quantized model file (integer levels, scales, zero-points).
 int run_ptq(const ptq_args& a) {
   const auto ck = ssmq::io::load_model(a.model);
   const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
+  const ssmq::quant::complex_format cf = parse_complex(a.complex);
   auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
-  ssmq::data::image_dataset* ds = a.split == "test" ? &split.test : a.split == "validation" ? &split.validation : nullptr;
-  if (ds == nullptr) throw std::invalid_argument("ssmq ptq: --split must be test or validation");
-  if (a.limit > 0 && a.limit < ds->size()) (void)ds->split_off(a.limit, "unused");
+  const auto& ds = select_split(split, a.split, a.limit, false, "ptq");
   ssmq::data::batcher calib(split.train, ck.input_norm, {a.calib_batch, ssmq::data::batch_order::shuffled, 0, false});
-  ssmq::data::batcher eval(*ds, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
-  ssmq::quant::fake_quant_model q(ck.model, spec);
+  ssmq::data::batcher eval(ds, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::quant::fake_quant_model q(ck.model, spec, ssmq::quant::gelu_choice::automatic, cf);
   q.calibrate(calib, a.calib_batches, a.threads);
   ssmq::quant::clamp_stats st;
   const auto r = q.evaluate(eval, a.threads, &st);
   const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
   const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
   const std::string name(spec.name().view());
-  std::printf("configuration %s: %s accuracy %.4f (%.2f %%), loss %.4f on %zu sequences\n", name.c_str(), a.split.c_str(),
-              r.accuracy, 100.0 * r.accuracy, r.loss, r.count);
+  std::printf("configuration %s%s: %s accuracy %.4f (%.2f %%), loss %.4f on %zu sequences\n", name.c_str(),
+              cf == ssmq::quant::complex_format::polar ? " polar" : "", a.split.c_str(), r.accuracy, 100.0 * r.accuracy,
+              r.loss, r.count);
   std::printf("footprint: parameters %zu B, state %zu B, quantization parameters %zu B, total %zu B (%.2fx smaller than float32)\n",
               fp.parameter_bytes, fp.state_bytes, fp.qparam_bytes, fp.total(),
               static_cast<double>(f32.total()) / static_cast<double>(fp.total()));
@@ -212,6 +255,11 @@ int run_ptq(const ptq_args& a) {
   std::printf("clamps: state fired on %.3e of %llu values, SSM output on %.3e of %llu values\n",
               rate(st.state_clamped, st.state_values), static_cast<unsigned long long>(st.state_values),
               rate(st.output_clamped, st.output_values), static_cast<unsigned long long>(st.output_values));
+  if (!a.out.empty()) {
+    ssmq::io::save_quantized_model(a.out, q, ck.input_norm);
+    std::printf("saved the quantized model to %s (%ju bytes)\n", a.out.c_str(),
+                static_cast<std::uintmax_t>(fs::file_size(a.out)));
+  }
   return 0;
 }
 
@@ -246,10 +294,10 @@ int main(int argc, char** argv) {
   train->add_option("--train-limit", ta.train_limit, "use only the first N training sequences");
   train->add_flag("--resume", ta.resume, "continue the run whose state is <out>.train-state");
   eval_args ea;
-  auto* eval = app.add_subcommand("eval", "accuracy of a checkpoint on a split");
+  auto* eval = app.add_subcommand("eval", "accuracy of a checkpoint, or of a quantized model file from ptq --out, on a split");
   eval->add_option("--model", ea.model)->required();
   eval->add_option("--data", ea.data);
-  eval->add_option("--mode", ea.mode, "conv or recurrent");
+  eval->add_option("--mode", ea.mode, "conv or recurrent (a quantized model always runs recurrent)");
   eval->add_option("--split", ea.split, "test, validation or train");
   eval->add_option("--threads", ea.threads);
   eval->add_option("--val-size", ea.val_size);
@@ -265,11 +313,17 @@ int main(int argc, char** argv) {
   ptq->add_option("--calib-batches", pa.calib_batches, "training batches for static calibration");
   ptq->add_option("--calib-batch", pa.calib_batch, "sequences per calibration batch");
   ptq->add_option("--limit", pa.limit, "only the first N sequences of the split");
+  ptq->add_option("--complex", pa.complex, "how Abar, Bbar, Cbar are quantized: re_im (default) or polar (magnitude, phase)");
+  ptq->add_option("--out", pa.out, "save the quantized model (integer levels, scales, zero-points) to this file");
+  ssmq_cli::qat_args qa;
+  CLI::App* qat = nullptr;
+  ssmq_cli::add_qat_command(app, qa, qat);
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);
     if (*eval) return run_eval(ea);
     if (*ptq) return run_ptq(pa);
+    if (*qat) return ssmq_cli::run_qat(qa);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -224,3 +224,159 @@ TEST_CASE("the quantized model gives identical logits with the scalar and the SI
     });
   }
 }
+
+// ---- complex tensors in polar form (magnitude, phase) ----------------------------------------
+
+namespace {
+
+/// small_model with every mode's decay and frequency perturbed: S4D-Lin gives the modes of a
+/// head one |Ā| and evenly spaced phases, which land on a polar grid too easily.
+ssmq::s4d_model<float> scrambled_model(ssmq::norm_placement norm = ssmq::norm_placement::none) {
+  auto m = small_model(norm);
+  std::mt19937_64 rng(8);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  for (auto& l : m.params.layers) {
+    for (auto& v : l.ssm.log_A_real) v += 0.5f * n(rng);
+    for (auto& v : l.ssm.A_imag) v += std::fabs(n(rng));
+    for (auto& v : l.ssm.log_dt) v += 0.3f * n(rng);
+  }
+  return m;
+}
+
+/// Largest |Ā| of each head of layer l of the float model, as to_polar computes it.
+std::vector<float> head_max_abar(const ssmq::s4d_model<float>& m, std::size_t l) {
+  const auto prep = m.prepare(ssmq::ssm_mode::recurrent, 1);
+  const auto& d = prep.disc[l];
+  const std::size_t M = m.shape().modes();
+  std::vector<float> mx(m.shape().heads, 0.0f);
+  for (std::size_t i = 0; i < d.abar_re.size(); ++i) mx[i / M] = std::max(mx[i / M], std::hypot(d.abar_re[i], d.abar_im[i]));
+  return mx;
+}
+
+}  // namespace
+
+TEST_CASE("polar at 16 bits: Ā within 1e-4 of float and logits within 1e-3") {
+  const auto m = scrambled_model();
+  const auto data = noise_images(12, 6);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {6, ssmq::data::batch_order::sequential, 0, false});
+  const ssmq::quant::fake_quant_model ref(m, ssmq::precision_spec{});
+  const ssmq::quant::fake_quant_model p16(m, ssmq::precision_from_name("Abar16m_Bbar16m_Cbar16m"),
+                                          ssmq::quant::gelu_choice::automatic, ssmq::quant::complex_format::polar);
+  CHECK(p16.complex_form() == ssmq::quant::complex_format::polar);
+  double max_abar = 0, max_logit = 0;
+  for (std::size_t l = 0; l < 2; ++l)
+    for (std::size_t i = 0; i < ref.layers()[l].abar_re.size(); ++i) {
+      max_abar = std::max(max_abar, static_cast<double>(std::fabs(p16.layers()[l].abar_re[i] - ref.layers()[l].abar_re[i])));
+      max_abar = std::max(max_abar, static_cast<double>(std::fabs(p16.layers()[l].abar_im[i] - ref.layers()[l].abar_im[i])));
+    }
+  b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+    for (std::size_t i = 0; i < batch.size; ++i) {
+      std::vector<float> a(3), r(3);
+      p16.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, a.data());
+      ref.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, r.data());
+      for (std::size_t c = 0; c < 3; ++c) max_logit = std::max(max_logit, static_cast<double>(std::fabs(a[c] - r[c])));
+    }
+  });
+  CHECK(max_abar > 0.0);  // quantized, not passed through
+  CHECK(max_abar < 1e-4);
+  CHECK(max_logit < 1e-3);
+}
+
+TEST_CASE("polar magnitudes never exceed the head's largest magnitude, so a stable Ā stays stable") {
+  auto m = scrambled_model();
+  // Modes just inside the unit circle: Re(A) ~ -3e-4 gives |Ā| ~ 1 - 3e-7 .. 1 - 3e-5.
+  for (auto& l : m.params.layers) {
+    l.ssm.log_A_real[0] = -8.0f;
+    l.ssm.log_A_real[2 * 6 + 3] = -8.0f;
+    l.ssm.log_A_real[4 * 6 + 5] = -8.0f;
+  }
+  std::size_t re_im_unstable = 0;
+  for (int bits = 2; bits <= 16; ++bits)
+    for (const char* flags : {"m", "", "s", "t"}) {  // min/max, percentile, symmetric, per tensor
+      const std::string name = "Abar" + std::to_string(bits) + flags;
+      INFO(name);
+      const ssmq::quant::fake_quant_model p(m, ssmq::precision_from_name(name), ssmq::quant::gelu_choice::automatic,
+                                            ssmq::quant::complex_format::polar);
+      const std::size_t M = m.shape().modes();
+      for (std::size_t l = 0; l < 2; ++l) {
+        const auto mx = head_max_abar(m, l);
+        const float all_max = *std::max_element(mx.begin(), mx.end());
+        const auto& q = p.layers()[l];
+        for (std::size_t i = 0; i < q.abar_polar.mag.size(); ++i) {
+          const float bound = flags[0] == 't' ? all_max : mx[i / M];  // per tensor: one maximum
+          CHECK(q.abar_polar.mag[i] <= bound);
+          CHECK(q.abar_polar.mag[i] >= 0.0f);
+        }
+      }
+      CHECK(p.stability().unstable_modes() == 0);
+      re_im_unstable += ssmq::quant::fake_quant_model(m, ssmq::precision_from_name(name)).stability().unstable_modes();
+    }
+  CHECK(re_im_unstable > 0);  // the (re, im) grid does push some of these modes out
+}
+
+TEST_CASE("polar and re_im both work: values on their grids, scalar and SIMD steps agree") {
+  const auto m = scrambled_model(ssmq::norm_placement::pre);
+  const auto data = noise_images(6, 7);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {6, ssmq::data::batch_order::sequential, 0, false});
+  std::vector<std::vector<float>> results;
+  for (const auto cf : {ssmq::quant::complex_format::re_im, ssmq::quant::complex_format::polar}) {
+    ssmq::quant::fake_quant_model q(m, ssmq::precision_from_name("Abar5_Bbar6_Cbar4t_x8_act8"),
+                                    ssmq::quant::gelu_choice::automatic, cf);
+    q.calibrate(b, 1);
+    CHECK(q.calibrated());
+    std::vector<float> all;
+    b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+      for (std::size_t i = 0; i < batch.size; ++i) {
+        std::vector<float> a(3), s(3);
+        q.use_scalar_reference(false);
+        q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, a.data());
+        q.use_scalar_reference(true);
+        q.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, s.data());
+        CHECK(std::memcmp(a.data(), s.data(), 3 * sizeof(float)) == 0);
+        for (float v : a) CHECK(std::isfinite(v));
+        all.insert(all.end(), a.begin(), a.end());
+      }
+    });
+    results.push_back(all);
+    const auto& l0 = q.layers()[0];
+    if (cf == ssmq::quant::complex_format::re_im) {
+      CHECK(l0.abar_polar.mag.empty());
+      continue;
+    }
+    // Magnitude and phase are levels of their own quantizers; re/im are rebuilt from them.
+    const std::size_t M = m.shape().modes();
+    REQUIRE(l0.q_cbar.phase_params.size() == 1);  // Cbar4t: per tensor
+    for (const auto& [values, params] : {std::pair{&l0.bbar_polar.mag, &l0.q_bbar.params},
+                                         std::pair{&l0.bbar_polar.phase, &l0.q_bbar.phase_params}})
+      for (std::size_t i = 0; i < values->size(); ++i) {
+        const auto& p = (*params)[i / M];
+        const float level = (*values)[i] / p.scale + static_cast<float>(p.zero_point);
+        CHECK(std::fabs(level - std::round(level)) < 1e-3);
+        CHECK(level >= -32.0f - 1e-3f);
+        CHECK(level <= 31.0f + 1e-3f);
+      }
+    std::vector<float> re(l0.c_re.size()), im(l0.c_im.size());
+    ssmq::quant::from_polar(l0.c_polar, re, im);
+    CHECK(std::memcmp(re.data(), l0.c_re.data(), re.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(im.data(), l0.c_im.data(), im.size() * sizeof(float)) == 0);
+  }
+  CHECK(results[0] != results[1]);
+}
+
+TEST_CASE("a dynamic polar point takes magnitude and phase ranges from the tensor itself") {
+  ssmq::quant::point_quantizer q{ssmq::precision_from_name("Abar3md")[ssmq::component::abar], 2, {}};
+  q.format = ssmq::quant::complex_format::polar;
+  std::vector<float> re = {0.5f, -0.3f, 0.0f, 0.9f, 0.1f, 0.2f}, im = {0.5f, 0.6f, 0.0f, -0.1f, 0.0f, -0.2f};
+  const auto original = ssmq::quant::to_polar(re, im);
+  q.apply_complex(re, im, 3);
+  const auto after = ssmq::quant::to_polar(re, im);
+  for (std::size_t h = 0; h < 2; ++h) {
+    const float mx = *std::max_element(original.mag.begin() + 3 * h, original.mag.begin() + 3 * h + 3);
+    for (std::size_t i = 3 * h; i < 3 * h + 3; ++i) CHECK(after.mag[i] <= mx * (1.0f + 1e-6f));
+  }
+  CHECK(re[2] == 0.0f);  // 0 stays exactly 0
+  CHECK(im[2] == 0.0f);
+  CHECK(re[0] != 0.5f);  // 3 bits: quantized
+}

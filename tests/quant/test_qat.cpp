@@ -124,7 +124,9 @@ TEST_CASE("fp32 everywhere: QAT is the float recurrent model, logits and gradien
     REQUIRE(q.calibrated());
     auto g = qat_grads(q, batch, ql);
     for (std::size_t i = 0; i < fl.size(); ++i) CHECK(ql[i] == doctest::Approx(fl[i]).epsilon(1e-5).scale(1.0));
-    for (const auto& [name, v] : named(g)) {
+    for (const auto& entry : named(g)) {
+      const std::string& name = entry.first;
+      const std::vector<float>& v = entry.second;
       INFO(name);
       REQUIRE(fg.count(name) == 1);
       CHECK(rel_error(v, fg.at(name)) < 1e-4);
@@ -148,7 +150,9 @@ TEST_CASE("all 16 bits: QAT logits within 0.1 % and gradients within 3 % of the 
   q.calibrate(b, 1, 1);
   auto g = qat_grads(q, batch, ql);
   CHECK(rel_error(ql, fl) < 1e-3);
-  for (const auto& [name, v] : named(g)) {
+  for (const auto& entry : named(g)) {
+    const std::string& name = entry.first;
+    const std::vector<float>& v = entry.second;
     INFO(name);
     CHECK(rel_error(v, fg.at(name)) < 3e-2);
   }
@@ -172,7 +176,9 @@ TEST_CASE("low bits: the scalar reference and the SIMD kernels give identical lo
       INFO(name << " " << ssmq::quant::to_string(param));
       CHECK(std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)) == 0);
       const tensors t1 = named(g1), t2 = named(g2);
-      for (const auto& [n, v] : t1) {
+      for (const auto& entry : t1) {
+        const std::string& n = entry.first;
+        const std::vector<float>& v = entry.second;
         INFO(n);
         CHECK(std::memcmp(v.data(), t2.at(n).data(), v.size() * sizeof(float)) == 0);
       }
@@ -450,7 +456,9 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
   o2.first_epoch = 1;
   ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {});
   const tensors a = named(whole.shadows), b = named(resumed.shadows);
-  for (const auto& [n, v] : a) {
+  for (const auto& entry : a) {
+    const std::string& n = entry.first;
+    const std::vector<float>& v = entry.second;
     INFO(n);
     CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
   }

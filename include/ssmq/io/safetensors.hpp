@@ -1,6 +1,7 @@
 #pragma once
-// safetensors checkpoints: F32 tensors plus a string -> string metadata map, read and written
-// in the format of https://github.com/huggingface/safetensors (docs/checkpoints.md).
+// safetensors checkpoints: F32 tensors (and the I8, I16, I32 integer tensors of quantized
+// models) plus a string -> string metadata map, read and written in the format of
+// https://github.com/huggingface/safetensors (docs/checkpoints.md).
 //
 // Loading validates the whole file before returning anything: every rule of the reference
 // implementation (header length, JSON, offsets contiguous and covering the buffer exactly,
@@ -59,12 +60,44 @@ class checkpoint_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// A dense row-major F32 tensor. An empty shape is a scalar (one value); a zero dimension
-/// makes an empty tensor.
+/// The element types ssmq reads and writes. Declared in the reference writer's dtype order
+/// (it lays tensors out by descending dtype, then by name, so that each is aligned).
+enum class tensor_dtype : std::uint8_t { i8, i16, i32, f32 };
+
+[[nodiscard]] constexpr std::string_view dtype_name(tensor_dtype t) noexcept {
+  switch (t) {
+    case tensor_dtype::i8: return "I8";
+    case tensor_dtype::i16: return "I16";
+    case tensor_dtype::i32: return "I32";
+    case tensor_dtype::f32: break;
+  }
+  return "F32";
+}
+[[nodiscard]] constexpr std::size_t dtype_bytes(tensor_dtype t) noexcept {
+  return t == tensor_dtype::i8 ? 1 : t == tensor_dtype::i16 ? 2 : 4;
+}
+/// The range of an integer dtype (I32's for F32, which has no integer range).
+[[nodiscard]] constexpr std::pair<std::int32_t, std::int32_t> dtype_range(tensor_dtype t) noexcept {
+  if (t == tensor_dtype::i8) return {-128, 127};
+  if (t == tensor_dtype::i16) return {-32768, 32767};
+  return {std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::max()};
+}
+
+/// A dense row-major tensor. An empty shape is a scalar (one value); a zero dimension makes
+/// an empty tensor. F32 tensors hold `values`; integer tensors hold `ints` (widened to
+/// int32) and leave `values` empty.
 struct tensor {
   std::vector<std::size_t> shape;
   std::vector<float> values;
+  tensor_dtype dtype = tensor_dtype::f32;
+  std::vector<std::int32_t> ints{};
 };
+
+/// An integer tensor of dtype `type` (I8, I16 or I32).
+[[nodiscard]] inline tensor int_tensor(std::vector<std::size_t> shape, tensor_dtype type,
+                                       std::vector<std::int32_t> ints) {
+  return tensor{std::move(shape), {}, type, std::move(ints)};
+}
 
 /// A checkpoint in memory. std::less<> lets lookups take a std::string_view.
 struct safetensors_file {
@@ -170,6 +203,7 @@ inline bool as_size(const nlohmann::json& j, std::size_t& out) {
 /// One tensor's header entry, validated on its own (layout checks come after all entries).
 struct entry {
   std::string name;
+  tensor_dtype type = tensor_dtype::f32;
   std::vector<std::size_t> shape;
   std::size_t count = 0;
   std::size_t begin = 0;
@@ -192,10 +226,17 @@ inline entry parse_entry(std::string_view source, const std::string& name,
   if (dtype == j.end()) fail(source, who, " has no \"dtype\"");
   if (!dtype->is_string())
     fail(source, who, ": \"dtype\" is a JSON ", json_type(*dtype), ", not a string");
-  const auto& dtype_name = dtype->get_ref<const std::string&>();
-  if (dtype_name != "F32") {
-    if (dtype_size(dtype_name) == 0) fail(source, who, " has unknown dtype ", in_quotes(dtype_name));
-    fail(source, who, " has dtype ", dtype_name, "; ssmq reads F32 tensors only");
+  const auto& type = dtype->get_ref<const std::string&>();
+  bool known = false;
+  for (const auto t : {tensor_dtype::f32, tensor_dtype::i8, tensor_dtype::i16, tensor_dtype::i32})
+    if (type == io::dtype_name(t)) {
+      e.type = t;
+      known = true;
+    }
+  if (!known) {
+    if (dtype_size(type) == 0) fail(source, who, " has unknown dtype ", in_quotes(type));
+    fail(source, who, " has dtype ", type,
+         "; ssmq reads F32 tensors only (and I8, I16, I32 for quantized models)");
   }
 
   const auto shape = j.find("shape");
@@ -219,12 +260,12 @@ inline entry parse_entry(std::string_view source, const std::string& name,
     fail(source, who, ": data_offsets ", range_text(e.begin, e.end), " end before they begin");
 
   // Checked from left to right like the reference: huge dimensions overflow even before a 0.
-  if (!element_count(e.shape, e.count) ||
-      e.count > std::numeric_limits<std::size_t>::max() / sizeof(float))
+  const std::size_t size = dtype_bytes(e.type);
+  if (!element_count(e.shape, e.count) || e.count > std::numeric_limits<std::size_t>::max() / size)
     fail(source, who, ": shape ", shape_text(e.shape), " has too many elements");
-  if (e.end - e.begin != e.count * sizeof(float))
-    fail(source, who, " has shape ", shape_text(e.shape), " (", e.count, " F32 values, ",
-         e.count * sizeof(float), " bytes) but its data_offsets ", range_text(e.begin, e.end),
+  if (e.end - e.begin != e.count * size)
+    fail(source, who, " has shape ", shape_text(e.shape), " (", e.count, " ", io::dtype_name(e.type),
+         " values, ", e.count * size, " bytes) but its data_offsets ", range_text(e.begin, e.end),
          " span ", e.end - e.begin, " bytes");
   return e;
 }
@@ -264,6 +305,43 @@ inline std::string bad_value_text(float v, std::size_t index, std::span<const st
   }
   return cat("holds ", what, " at index ", index, " (element ", shape_text(position),
              " of shape ", shape_text(shape), ")");
+}
+
+/// A little-endian integer of `type` at p, sign-extended (unsigned -> signed conversions
+/// are modular since C++20).
+inline std::int32_t read_int(const std::uint8_t* p, tensor_dtype type) noexcept {
+  std::uint32_t u = 0;
+  for (std::size_t k = 0; k < dtype_bytes(type); ++k) u |= std::uint32_t{p[k]} << (8 * k);
+  if (type == tensor_dtype::i8) return static_cast<std::int8_t>(u);
+  if (type == tensor_dtype::i16) return static_cast<std::int16_t>(u);
+  return static_cast<std::int32_t>(u);
+}
+
+inline void write_int(std::uint8_t* p, std::int32_t v, tensor_dtype type) noexcept {
+  const auto u = static_cast<std::uint32_t>(v);
+  for (std::size_t k = 0; k < dtype_bytes(type); ++k) p[k] = static_cast<std::uint8_t>(u >> (8 * k));
+}
+
+/// Checks one tensor's content against its dtype and shape (what the loader would refuse).
+inline void check_content(std::string_view destination, const std::string& name, const tensor& t,
+                          std::size_t& count) {
+  const std::string who = cat("tensor ", in_quotes(name));
+  const bool is_float = t.dtype == tensor_dtype::f32;
+  const std::size_t held = is_float ? t.values.size() : t.ints.size();
+  if (!element_count(t.shape, count) || count != held)
+    fail(destination, who, " has shape ", shape_text(t.shape), " but holds ", held, " values");
+  if (!(is_float ? t.ints.empty() : t.values.empty()))
+    fail(destination, who, " is ", io::dtype_name(t.dtype), " but also holds ",
+         is_float ? "integer" : "float", " values");
+  for (std::size_t i = 0; i < t.values.size(); ++i)
+    if (!std::isfinite(t.values[i]))
+      fail(destination, who, " ", bad_value_text(t.values[i], i, t.shape),
+           "; a checkpoint with it could not be loaded");
+  const auto [lo, hi] = dtype_range(t.dtype);
+  for (std::size_t i = 0; i < t.ints.size(); ++i)
+    if (t.ints[i] < lo || t.ints[i] > hi)
+      fail(destination, who, " holds ", t.ints[i], " at index ", i, ", outside the range of ",
+           io::dtype_name(t.dtype), " [", lo, ", ", hi, "]");
 }
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -382,11 +460,18 @@ inline safetensors_file from_bytes(std::span<const std::uint8_t> bytes,
 
   for (auto& e : entries) {
     tensor t;
-    t.values.resize(e.count);
-    if (e.count > 0) std::memcpy(t.values.data(), buffer.data() + e.begin, e.count * sizeof(float));
-    for (std::size_t i = 0; i < t.values.size(); ++i)
-      if (!std::isfinite(t.values[i]))
-        fail("tensor ", in_quotes(e.name), " ", detail::bad_value_text(t.values[i], i, e.shape));
+    t.dtype = e.type;
+    if (e.type == tensor_dtype::f32) {
+      t.values.resize(e.count);
+      if (e.count > 0) std::memcpy(t.values.data(), buffer.data() + e.begin, e.count * sizeof(float));
+      for (std::size_t i = 0; i < t.values.size(); ++i)
+        if (!std::isfinite(t.values[i]))
+          fail("tensor ", in_quotes(e.name), " ", detail::bad_value_text(t.values[i], i, e.shape));
+    } else {
+      t.ints.resize(e.count);
+      for (std::size_t i = 0; i < e.count; ++i)
+        t.ints[i] = detail::read_int(buffer.data() + e.begin + i * dtype_bytes(e.type), e.type);
+    }
     t.shape = std::move(e.shape);
     file.tensors.emplace(std::move(e.name), std::move(t));
   }
@@ -395,37 +480,41 @@ inline safetensors_file from_bytes(std::span<const std::uint8_t> bytes,
 
 /// The file's bytes: deterministic (same content, same bytes). Throws checkpoint_error,
 /// naming `destination`, for content that could not be loaded back: a shape that does not
-/// match the value count, NaN/Inf, the reserved name "__metadata__", invalid UTF-8.
+/// match the value count, NaN/Inf, an integer outside its dtype's range, the reserved name
+/// "__metadata__", invalid UTF-8.
 inline std::vector<std::uint8_t> to_bytes(const safetensors_file& file,
                                           std::string_view destination = "<memory>") {
   const auto fail = [destination](const auto&... parts) { detail::fail(destination, parts...); };
   using detail::in_quotes;
 
-  // ordered_json keeps insertion order: __metadata__ first, then the tensors by name, each
-  // entry as dtype, shape, data_offsets: byte for byte what the reference writer produces.
+  // The reference writer's layout: by descending dtype (F32, I32, I16, I8), then by name.
+  using item = std::map<std::string, tensor, std::less<>>::value_type;
+  std::vector<const item*> order;
+  for (const auto& it : file.tensors) order.push_back(&it);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const item* a, const item* b) { return a->second.dtype > b->second.dtype; });
+
+  // ordered_json keeps insertion order: __metadata__ first, then the tensors in layout order,
+  // each entry as dtype, shape, data_offsets: byte for byte what the reference writer produces.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!file.metadata.empty()) {
     auto& metadata = header["__metadata__"] = nlohmann::ordered_json::object();
     for (const auto& [key, value] : file.metadata) metadata[key] = value;
   }
   std::size_t offset = 0;
-  for (const auto& [name, t] : file.tensors) {
+  for (const item* it : order) {
+    const auto& [name, t] = *it;
     if (name == "__metadata__") fail("\"__metadata__\" is reserved and cannot name a tensor");
     std::size_t count = 0;
-    if (!detail::element_count(t.shape, count) || count != t.values.size())
-      fail("tensor ", in_quotes(name), " has shape ", detail::shape_text(t.shape), " but holds ",
-           t.values.size(), " values");
-    for (std::size_t i = 0; i < t.values.size(); ++i)
-      if (!std::isfinite(t.values[i]))
-        fail("tensor ", in_quotes(name), " ", detail::bad_value_text(t.values[i], i, t.shape),
-             "; a checkpoint with it could not be loaded");
+    detail::check_content(destination, name, t, count);
+    const std::size_t size = count * dtype_bytes(t.dtype);
     nlohmann::ordered_json entry = nlohmann::ordered_json::object();
-    entry["dtype"] = "F32";
+    entry["dtype"] = dtype_name(t.dtype);
     entry["shape"] = nlohmann::ordered_json::array();
     for (std::size_t d : t.shape) entry["shape"].push_back(d);
-    entry["data_offsets"] = nlohmann::ordered_json::array({offset, offset + count * sizeof(float)});
+    entry["data_offsets"] = nlohmann::ordered_json::array({offset, offset + size});
     header[name] = std::move(entry);
-    offset += count * sizeof(float);
+    offset += size;
   }
 
   std::string text;
@@ -443,10 +532,15 @@ inline std::vector<std::uint8_t> to_bytes(const safetensors_file& file,
   for (std::size_t i = 0; i < 8; ++i) out[i] = static_cast<std::uint8_t>(n >> (8 * i));
   std::memcpy(out.data() + 8, text.data(), text.size());
   std::size_t at = 8 + text.size();
-  for (const auto& [name, t] : file.tensors) {
+  for (const item* it : order) {
+    const tensor& t = it->second;
     if (!t.values.empty())
       std::memcpy(out.data() + at, t.values.data(), t.values.size() * sizeof(float));
     at += t.values.size() * sizeof(float);
+    for (const std::int32_t v : t.ints) {
+      detail::write_int(out.data() + at, v, t.dtype);
+      at += dtype_bytes(t.dtype);
+    }
   }
   return out;
 }
@@ -517,31 +611,54 @@ inline void save_safetensors(const std::filesystem::path& path, const safetensor
 
 // ---- helpers for model loaders --------------------------------------------------------------
 
-/// The values of tensor `name`, which must exist with exactly `shape`. The message says what
-/// is wrong: "tensor 's4_layers.0.kernel.C' has shape [16, 32, 2] but the model needs
+namespace detail {
+/// Tensor `name`, which must exist with exactly `type` and `shape`.
+inline const tensor& expect(const safetensors_file& file, std::string_view name, tensor_dtype type,
+                            std::span<const std::size_t> shape) {
+  const auto it = file.tensors.find(name);
+  if (it == file.tensors.end())
+    fail(file.source, "the model needs tensor ", in_quotes(name), " ", shape_text(shape),
+         ", which the checkpoint does not hold; ", tensor_names(file));
+  const tensor& t = it->second;
+  if (t.dtype != type)
+    fail(file.source, "tensor ", in_quotes(name), " has dtype ", io::dtype_name(t.dtype),
+         " but the model needs ", io::dtype_name(type));
+  if (!std::ranges::equal(t.shape, shape))
+    fail(file.source, "tensor ", in_quotes(name), " has shape ", shape_text(t.shape),
+         " but the model needs ", shape_text(shape));
+  const std::size_t held = type == tensor_dtype::f32 ? t.values.size() : t.ints.size();
+  std::size_t count = 0;
+  if (!element_count(shape, count) || count != held)
+    fail(file.source, "tensor ", in_quotes(name), " has shape ", shape_text(shape), " but holds ",
+         held, " values");
+  return t;
+}
+}  // namespace detail
+
+/// The values of F32 tensor `name`, which must exist with exactly `shape`. The message says
+/// what is wrong: "tensor 's4_layers.0.kernel.C' has shape [16, 32, 2] but the model needs
 /// [16, 64, 2]". The span lives as long as `file`.
 inline std::span<const float> expect_tensor(const safetensors_file& file, std::string_view name,
                                             std::span<const std::size_t> shape) {
-  using detail::in_quotes;
-  using detail::shape_text;
-  const auto it = file.tensors.find(name);
-  if (it == file.tensors.end())
-    detail::fail(file.source, "the model needs tensor ", in_quotes(name), " ", shape_text(shape),
-                 ", which the checkpoint does not hold; ", detail::tensor_names(file));
-  const tensor& t = it->second;
-  if (!std::ranges::equal(t.shape, shape))
-    detail::fail(file.source, "tensor ", in_quotes(name), " has shape ", shape_text(t.shape),
-                 " but the model needs ", shape_text(shape));
-  std::size_t count = 0;
-  if (!detail::element_count(shape, count) || count != t.values.size())
-    detail::fail(file.source, "tensor ", in_quotes(name), " has shape ", shape_text(shape),
-                 " but holds ", t.values.size(), " values");
-  return t.values;
+  return detail::expect(file, name, tensor_dtype::f32, shape).values;
 }
 
 inline std::span<const float> expect_tensor(const safetensors_file& file, std::string_view name,
                                             std::initializer_list<std::size_t> shape) {
   return expect_tensor(file, name, std::span<const std::size_t>(shape.begin(), shape.size()));
+}
+
+/// The values of integer tensor `name`, which must exist with exactly `type` and `shape`
+/// ("tensor 'w.q' has dtype F32 but the model needs I8").
+inline std::span<const std::int32_t> expect_int_tensor(const safetensors_file& file, std::string_view name,
+                                                       tensor_dtype type, std::span<const std::size_t> shape) {
+  return detail::expect(file, name, type, shape).ints;
+}
+
+inline std::span<const std::int32_t> expect_int_tensor(const safetensors_file& file, std::string_view name,
+                                                       tensor_dtype type,
+                                                       std::initializer_list<std::size_t> shape) {
+  return expect_int_tensor(file, name, type, std::span<const std::size_t>(shape.begin(), shape.size()));
 }
 
 /// Throws if the checkpoint holds tensors the model does not use (a misspelt or extra layer

@@ -11,7 +11,8 @@
 //   QGELU(v) = v clamp(v + 2, 0, 4) / 4 replaces GELU where activations are quantized
 //   (gelu_choice overrides); its output is the Linear's input -> acts quantizer ("lin_in")
 //   the encoder input and the decoder input (mean over time) -> acts quantizer
-//   Ā, B̄, C̄, D and every Linear weight are fake-quantized once; biases stay float.
+//   Ā, B̄, C̄, D and every Linear weight are fake-quantized once; biases stay float. Ā, B̄, C̄
+//   as (re, im) pairs, or in polar form (magnitude, phase) with complex_format::polar.
 // A component at fp32 is not quantized, and its clamps do not apply: the all-fp32 model
 // computes exactly the float recurrent model.
 #include <algorithm>
@@ -102,6 +103,9 @@ struct quantized_layer {
   nn::linear_params<float> out;
   nn::layer_norm_params<float> norm;
   point_quantizer q_abar, q_bbar, q_cbar, q_d, q_w_out, q_state, q_y, q_y_out, q_ssm_in, q_lin_in;
+  /// Polar format, for each quantized complex tensor: its fake-quantized magnitude and phase,
+  /// from which re/im above were rebuilt (what a quantized model file stores). Empty otherwise.
+  polar_values abar_polar{}, bbar_polar{}, c_polar{};
 };
 
 /// Everything that defines a fake-quantized model: what a quantized model file stores, and
@@ -113,7 +117,48 @@ struct fake_quant_parts {
   nn::linear_params<float> enc, dec;  ///< weights fake-quantized
   point_quantizer q_enc_in, q_dec_in, q_w_enc, q_w_dec;
   std::vector<quantized_layer> layers;
+  complex_format complex_form = complex_format::re_im;  ///< of Ā, B̄, C̄
 };
+
+/// The parts of a model under `spec` with every point quantizer set up (spec, heads, format;
+/// parameter points static) but nothing fitted or calibrated, and no values: the skeleton
+/// that the conversion of a float model and the loading of a quantized model file fill.
+[[nodiscard]] inline fake_quant_parts unfitted_parts(const model_shape& shape, const precision_spec& spec,
+                                                     bool use_qgelu, complex_format cf = complex_format::re_im) {
+  const std::size_t H = shape.heads;
+  auto point = [&](component c, std::size_t heads) { return point_quantizer{spec[c], heads, {}}; };
+  // Parameters: their range always follows their own values.
+  auto parameter = [&](component c, std::size_t heads) {
+    point_quantizer q = point(c, heads);
+    q.spec.mode = range_mode::static_range;
+    if (c == component::abar || c == component::bbar || c == component::cbar) q.format = cf;
+    return q;
+  };
+  fake_quant_parts p;
+  p.shape = shape;
+  p.spec = spec;
+  p.use_qgelu = use_qgelu;
+  p.complex_form = cf;
+  p.q_enc_in = point(component::acts, shape.inputs);
+  p.q_dec_in = point(component::acts, H);
+  p.q_w_enc = parameter(component::weights, H);
+  p.q_w_dec = parameter(component::weights, shape.classes);
+  for (std::size_t li = 0; li < shape.layers; ++li) {
+    quantized_layer q;
+    q.q_abar = parameter(component::abar, H);
+    q.q_bbar = parameter(component::bbar, H);
+    q.q_cbar = parameter(component::cbar, H);
+    q.q_d = parameter(component::d, H);
+    q.q_w_out = parameter(component::weights, 2 * H);
+    q.q_state = point(component::state, H);
+    q.q_y = point(component::ssm_act, H);
+    q.q_y_out = point(component::ssm_act, H);
+    q.q_ssm_in = point(component::acts, H);
+    q.q_lin_in = point(component::acts, H);
+    p.layers.push_back(std::move(q));
+  }
+  return p;
+}
 
 class fake_quant_model {
  public:
@@ -122,7 +167,7 @@ class fake_quant_model {
   explicit fake_quant_model(fake_quant_parts p)
       : shape_(p.shape), spec_(p.spec), use_qgelu_(p.use_qgelu), enc_(std::move(p.enc)), dec_(std::move(p.dec)),
         q_enc_in_(std::move(p.q_enc_in)), q_dec_in_(std::move(p.q_dec_in)), q_w_enc_(std::move(p.q_w_enc)),
-        q_w_dec_(std::move(p.q_w_dec)), layers_(std::move(p.layers)) {
+        q_w_dec_(std::move(p.q_w_dec)), layers_(std::move(p.layers)), complex_form_(p.complex_form) {
     shape_.validate();
     const std::size_t H = shape_.heads, HM = H * shape_.modes();
     auto need = [](bool ok, const char* what) {
@@ -135,71 +180,33 @@ class fake_quant_model {
       for (const auto* v : {&l.abar_re, &l.abar_im, &l.bbar_re, &l.bbar_im, &l.c_re, &l.c_im}) need(v->size() == HM, "an SSM tensor");
       need(l.d.size() == H, "D");
       need(l.out.in == H && l.out.out == 2 * H && l.out.W.size() == 2 * H * H && l.out.bias.size() == 2 * H, "an output linear");
+      for (const auto* q : {&l.q_abar, &l.q_bbar, &l.q_cbar})
+        if (q->format != complex_form_)
+          throw std::invalid_argument("ssmq: fake-quantized model parts: a complex point's format is not the model's");
+      auto polar_ok = [&](const point_quantizer& q, const polar_values& v) {
+        return complex_form_ == complex_format::re_im || !q.active() || (v.mag.size() == HM && v.phase.size() == HM);
+      };
+      need(polar_ok(l.q_abar, l.abar_polar) && polar_ok(l.q_bbar, l.bbar_polar) && polar_ok(l.q_cbar, l.c_polar),
+           "a polar magnitude or phase");
     }
   }
 
   /// The parts of this model (a copy).
   [[nodiscard]] fake_quant_parts parts() const {
-    return {shape_, spec_, use_qgelu_, enc_, dec_, q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_, layers_};
+    return {shape_, spec_, use_qgelu_, enc_, dec_, q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_, layers_, complex_form_};
   }
 
-  /// Discretises `m` (its own discretisation), and fake-quantizes its parameters under `spec`.
-  fake_quant_model(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu = gelu_choice::automatic)
-      : shape_(m.shape()), spec_(spec),
-        use_qgelu_(gelu == gelu_choice::qgelu || (gelu == gelu_choice::automatic && spec[component::acts].quantized())) {
-    const std::size_t H = shape_.heads, M = shape_.modes();
-    auto point = [&](component c, std::size_t heads) { return point_quantizer{spec[c], heads, {}}; };
-    enc_ = m.params.encoder;
-    dec_ = m.params.decoder;
-    q_enc_in_ = point(component::acts, shape_.inputs);
-    q_dec_in_ = point(component::acts, H);
-    q_w_enc_ = point(component::weights, enc_.out);
-    q_w_dec_ = point(component::weights, dec_.out);
-    quantize_weights(q_w_enc_, enc_);
-    quantize_weights(q_w_dec_, dec_);
-    const auto prep = m.prepare(ssm_mode::recurrent, 1);
-    for (std::size_t li = 0; li < shape_.layers; ++li) {
-      const auto& lp = m.params.layers[li];
-      const auto& d = prep.disc[li];
-      quantized_layer q;
-      q.abar_re = d.abar_re;
-      q.abar_im = d.abar_im;
-      q.bbar_re = d.bbar_re;
-      q.bbar_im = d.bbar_im;
-      q.c_re = lp.ssm.C_re;
-      q.c_im = lp.ssm.C_im;
-      q.d = lp.ssm.D;
-      q.out = lp.out;
-      q.norm = lp.norm;
-      q.q_abar = point(component::abar, H);
-      q.q_bbar = point(component::bbar, H);
-      q.q_cbar = point(component::cbar, H);
-      q.q_d = point(component::d, H);
-      q.q_w_out = point(component::weights, q.out.out);
-      q.q_state = point(component::state, H);
-      q.q_y = point(component::ssm_act, H);
-      q.q_y_out = point(component::ssm_act, H);
-      q.q_ssm_in = point(component::acts, H);
-      q.q_lin_in = point(component::acts, H);
-      // Parameters: ranges from the values themselves, then fake-quantized once.
-      for (auto* pq : {&q.q_abar, &q.q_bbar, &q.q_cbar, &q.q_d}) pq->spec.mode = range_mode::static_range;
-      q.q_abar.params = q.q_abar.active() ? q.q_abar.complex_params(q.abar_re, q.abar_im, M) : std::vector<affine_params>{};
-      q.q_bbar.params = q.q_bbar.active() ? q.q_bbar.complex_params(q.bbar_re, q.bbar_im, M) : std::vector<affine_params>{};
-      q.q_cbar.params = q.q_cbar.active() ? q.q_cbar.complex_params(q.c_re, q.c_im, M) : std::vector<affine_params>{};
-      q.q_d.fit(q.d, 1);
-      q.q_abar.apply_complex(q.abar_re, q.abar_im, M);
-      q.q_bbar.apply_complex(q.bbar_re, q.bbar_im, M);
-      q.q_cbar.apply_complex(q.c_re, q.c_im, M);
-      q.q_d.apply(q.d, 1);
-      quantize_weights(q.q_w_out, q.out);
-      layers_.push_back(std::move(q));
-    }
-  }
+  /// Discretises `m` (its own discretisation), and fake-quantizes its parameters under `spec`,
+  /// its complex tensors in format `cf`.
+  fake_quant_model(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu = gelu_choice::automatic,
+                   complex_format cf = complex_format::re_im)
+      : fake_quant_model(quantize(m, spec, gelu, cf)) {}
 
   [[nodiscard]] const model_shape& shape() const noexcept { return shape_; }
   [[nodiscard]] const precision_spec& spec() const noexcept { return spec_; }
   [[nodiscard]] const std::vector<quantized_layer>& layers() const noexcept { return layers_; }
   [[nodiscard]] bool uses_qgelu() const noexcept { return use_qgelu_; }
+  [[nodiscard]] complex_format complex_form() const noexcept { return complex_form_; }
   /// Use the scalar reference of the SSM step instead of the xsimd one (bit-identical).
   void use_scalar_reference(bool on) noexcept { scalar_reference_ = on; }
 
@@ -392,6 +399,55 @@ class fake_quant_model {
   }
 
  private:
+  /// The parts of `m` discretised and its parameters fake-quantized (ranges from their own
+  /// values); activation and state points still to calibrate.
+  static fake_quant_parts quantize(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu,
+                                   complex_format cf) {
+    const bool use_qgelu = gelu == gelu_choice::qgelu || (gelu == gelu_choice::automatic && spec[component::acts].quantized());
+    fake_quant_parts p = unfitted_parts(m.shape(), spec, use_qgelu, cf);
+    const std::size_t M = p.shape.modes();
+    p.enc = m.params.encoder;
+    p.dec = m.params.decoder;
+    quantize_weights(p.q_w_enc, p.enc);
+    quantize_weights(p.q_w_dec, p.dec);
+    const auto prep = m.prepare(ssm_mode::recurrent, 1);
+    for (std::size_t li = 0; li < p.shape.layers; ++li) {
+      const auto& lp = m.params.layers[li];
+      const auto& d = prep.disc[li];
+      quantized_layer& q = p.layers[li];
+      q.abar_re = d.abar_re;
+      q.abar_im = d.abar_im;
+      q.bbar_re = d.bbar_re;
+      q.bbar_im = d.bbar_im;
+      q.c_re = lp.ssm.C_re;
+      q.c_im = lp.ssm.C_im;
+      q.d = lp.ssm.D;
+      q.out = lp.out;
+      q.norm = lp.norm;
+      quantize_complex(q.q_abar, q.abar_re, q.abar_im, M, q.abar_polar);
+      quantize_complex(q.q_bbar, q.bbar_re, q.bbar_im, M, q.bbar_polar);
+      quantize_complex(q.q_cbar, q.c_re, q.c_im, M, q.c_polar);
+      q.q_d.fit(q.d, 1);
+      q.q_d.apply(q.d, 1);
+      quantize_weights(q.q_w_out, q.out);
+    }
+    return p;
+  }
+
+  /// Fits a complex tensor's point to its values and fake-quantizes it in place; in polar
+  /// format also keeps its quantized magnitude and phase.
+  static void quantize_complex(point_quantizer& q, std::vector<float>& re, std::vector<float>& im, std::size_t M,
+                               polar_values& polar) {
+    if (!q.active()) return;
+    q.fit_complex(re, im, M);
+    if (q.format == complex_format::polar) {
+      polar = q.quantize_polar(re, im, M);
+      from_polar(polar, re, im);
+    } else {
+      q.apply_complex(re, im, M);
+    }
+  }
+
   static void quantize_weights(point_quantizer& q, nn::linear_params<float>& lin) {
     if (!q.active()) return;
     q.spec.mode = range_mode::static_range;  // a weight's range always follows the weight
@@ -406,6 +462,7 @@ class fake_quant_model {
   nn::linear_params<float> enc_, dec_;
   point_quantizer q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_;
   std::vector<quantized_layer> layers_;
+  complex_format complex_form_ = complex_format::re_im;
 };
 
 }  // namespace ssmq::quant

@@ -3,10 +3,19 @@
 // (one per head, or one for per-tensor), and the layout its tensors have. An inactive point
 // (fp32 spec) passes values through unchanged. Dynamic points compute their parameters
 // from the tensor they quantize, at every use.
+//
+// Complex tensors (Ā, B̄, C̄) are quantized in one of two formats: (re, im) pairs sharing one
+// parameter set per head (the paper's default), or polar: the magnitude and the phase, each
+// with its own per-head parameters, then re/im rebuilt from them. Polar keeps every
+// magnitude within the head's largest one, so a stable Ā stays stable at any bit-width.
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../precision/calibration.hpp"
@@ -14,14 +23,48 @@
 
 namespace ssmq::quant {
 
+enum class complex_format : std::uint8_t { re_im, polar };
+
+/// A complex tensor in polar form, each [heads, inner]: magnitude >= 0, phase in [-pi, pi].
+struct polar_values {
+  std::vector<float> mag, phase;
+};
+
+/// Magnitude and phase of each value; the phase of 0 is 0 (atan2 would give 0 or ±pi by the
+/// signs of the zeros, widening the phase range for nothing).
+[[nodiscard]] inline polar_values to_polar(std::span<const float> re, std::span<const float> im) {
+  polar_values p{std::vector<float>(re.size()), std::vector<float>(re.size())};
+  for (std::size_t i = 0; i < re.size(); ++i) {
+    p.mag[i] = std::hypot(re[i], im[i]);
+    p.phase[i] = p.mag[i] == 0.0f ? 0.0f : std::atan2(im[i], re[i]);
+  }
+  return p;
+}
+
+/// re = mag cos(phase), im = mag sin(phase), computed in double and rounded once (fewer
+/// differences between C libraries than float cos/sin); a zero magnitude gives +0, +0. A
+/// quantized model file stores magnitude and phase levels and rebuilds re/im with this.
+inline void from_polar(const polar_values& p, std::span<float> re, std::span<float> im) {
+  for (std::size_t i = 0; i < p.mag.size(); ++i) {
+    const double m = p.mag[i], a = p.phase[i];
+    re[i] = m == 0.0 ? 0.0f : static_cast<float>(m * std::cos(a));
+    im[i] = m == 0.0 ? 0.0f : static_cast<float>(m * std::sin(a));
+  }
+}
+
 struct point_quantizer {
   quant_spec spec;                     ///< bits == fp32: not quantized
   std::size_t heads = 1;               ///< heads of the tensors this point sees
-  std::vector<affine_params> params;   ///< frozen parameters (static); heads or 1 entries
+  std::vector<affine_params> params;   ///< frozen parameters (static); heads or 1 entries;
+                                       ///< the magnitude's for a polar point
+  complex_format format = complex_format::re_im;  ///< for complex tensors (apply_complex)
+  std::vector<affine_params> phase_params{};      ///< polar: the phase's parameters
 
   [[nodiscard]] bool active() const noexcept { return spec.quantized(); }
   [[nodiscard]] bool is_static() const noexcept { return spec.mode == range_mode::static_range; }
-  [[nodiscard]] bool frozen() const noexcept { return !params.empty(); }
+  [[nodiscard]] bool frozen() const noexcept {
+    return !params.empty() && (format == complex_format::re_im || !phase_params.empty());
+  }
 
   /// Parameters of head h (per-tensor points have one).
   [[nodiscard]] const affine_params& of_head(std::size_t h) const {
@@ -46,10 +89,14 @@ struct point_quantizer {
     }
   }
 
-  /// Fake-quantizes a complex tensor kept as real and imaginary arrays [heads, inner] each;
-  /// both parts of a head share its parameters.
+  /// Fake-quantizes a complex tensor kept as real and imaginary arrays [heads, inner] each:
+  /// re_im: both parts of a head share its parameters; polar: see quantize_polar.
   void apply_complex(std::span<float> re, std::span<float> im, std::size_t inner) const {
     if (!active()) return;
+    if (format == complex_format::polar) {
+      from_polar(quantize_polar(re, im, inner), re, im);
+      return;
+    }
     const head_layout layout = head_layout{heads, inner}.for_granularity(spec.gran);
     std::vector<affine_params> dyn;
     if (!is_static()) dyn = complex_params(re, im, inner);
@@ -74,10 +121,55 @@ struct point_quantizer {
     return dynamic_params(both, {heads, 2 * inner}, spec);
   }
 
+  /// The fake-quantized magnitude and phase of a complex tensor [heads, inner] (polar
+  /// format; an inactive point returns them unquantized).
+  [[nodiscard]] polar_values quantize_polar(std::span<const float> re, std::span<const float> im,
+                                            std::size_t inner) const {
+    polar_values p = to_polar(re, im);
+    if (!active()) return p;
+    const head_layout layout = head_layout{heads, inner}.for_granularity(spec.gran);
+    std::pair<std::vector<affine_params>, std::vector<affine_params>> dyn;
+    if (!is_static()) dyn = polar_params(p, inner);
+    else if (!frozen()) throw std::logic_error("ssmq: a static quantization point was used before calibration");
+    kernels::scalar::fake_quant(p.mag, p.mag, is_static() ? params : dyn.first, layout, spec.limits());
+    kernels::scalar::fake_quant(p.phase, p.phase, is_static() ? phase_params : dyn.second, layout, spec.limits());
+    return p;
+  }
+
+  /// Parameters of a polar tensor: the magnitude's and the phase's, from their own values.
+  /// The magnitude's scale is lowered (by an ulp or two) where its rounding would put the top
+  /// level above the head's largest magnitude: no quantized magnitude exceeds that maximum.
+  [[nodiscard]] std::pair<std::vector<affine_params>, std::vector<affine_params>> polar_params(
+      const polar_values& p, std::size_t inner) const {
+    const head_layout layout{heads, inner};
+    std::vector<affine_params> mag = dynamic_params(p.mag, layout, spec);
+    const head_layout l = layout.for_granularity(spec.gran);
+    std::vector<float> max_mag(l.heads, 0.0f);
+    for_each_head_run(l, p.mag.size(), [&](std::size_t h, std::size_t off, std::size_t len) {
+      for (std::size_t i = off; i < off + len; ++i) max_mag[h] = std::max(max_mag[h], p.mag[i]);
+    });
+    const std::int32_t top = spec.limits().qmax;
+    for (std::size_t h = 0; h < mag.size(); ++h)
+      // At min_scale (all magnitudes below ~2^-23 * levels) the grid cannot be finer.
+      while (mag[h].scale > min_scale && kernels::scalar::dequantize_value(top, mag[h]) > max_mag[h]) {
+        mag[h].scale = std::nextafter(mag[h].scale, 0.0f);
+        mag[h].inv_scale = 1.0f / mag[h].scale;
+      }
+    return {std::move(mag), dynamic_params(p.phase, layout, spec)};
+  }
+
   /// Parameters from the values themselves (used for weights, whose range follows them).
   void fit(std::span<const float> x, std::size_t inner) {
     if (!active()) return;
     params = dynamic_params(x, {heads, inner}, spec);
+  }
+
+  /// Parameters of a complex tensor [heads, inner] from its own values, in this point's
+  /// format (used for Ā, B̄, C̄).
+  void fit_complex(std::span<const float> re, std::span<const float> im, std::size_t inner) {
+    if (!active()) return;
+    if (format == complex_format::polar) std::tie(params, phase_params) = polar_params(to_polar(re, im), inner);
+    else params = complex_params(re, im, inner);
   }
 };
 

@@ -1,0 +1,402 @@
+// Quantized model files: integer tensors in safetensors (I8, I16, I32), and a calibrated
+// fake-quantized model saved and loaded back giving identical logits, bit for bit, under
+// several configurations and both complex formats; every malformed file is a clear error.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ssmq/io/quantized_model.hpp>
+
+namespace {
+
+namespace io = ssmq::io;
+namespace fs = std::filesystem;
+using ssmq::io::tensor_dtype;
+
+/// A fresh directory under the system's temporary directory, removed at the end.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::random_device entropy;
+    path = fs::temp_directory_path() / ssmq::cat("ssmq-test-qm-", entropy(), "-", entropy());
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+};
+
+/// The message of the exception `f` throws ("<no error>" if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+/// Random 5x5 images of 3 classes.
+ssmq::data::image_dataset images(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> px(0, 255);
+  std::vector<std::uint8_t> pixels(n * 25), labels(n);
+  for (auto& p : pixels) p = static_cast<std::uint8_t>(px(rng));
+  for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<std::uint8_t>((i * 7) % 3);
+  return ssmq::data::image_dataset(5, 5, std::move(pixels), std::move(labels), 3, "random");
+}
+
+/// A random two-layer model, H = 4, N = 10 (5 modes: not a multiple of the SIMD width).
+ssmq::s4d_model<float> tiny_model(ssmq::norm_placement norm, std::uint64_t seed) {
+  ssmq::model_shape s;
+  s.layers = 2;
+  s.heads = 4;
+  s.state_size = 10;
+  s.classes = 3;
+  s.norm = norm;
+  ssmq::s4d_model<float> m(s);
+  std::mt19937_64 rng(seed);
+  ssmq::init_model(m.params, ssmq::s4d_init::lin, rng);
+  // Non-trivial norm parameters, so that a lost norm would show, and modes of one head with
+  // different decays and irregular frequencies (S4D-Lin's sit on a polar grid too easily).
+  std::normal_distribution<float> n(0.0f, 0.3f);
+  for (auto& l : m.params.layers) {
+    for (auto* v : {&l.norm.weight, &l.norm.bias, &l.ssm.log_A_real, &l.ssm.log_dt})
+      for (auto& x : *v) x += n(rng);
+    for (auto& x : l.ssm.A_imag) x += 3.0f * std::fabs(n(rng));
+  }
+  return m;
+}
+
+/// Logits of every sequence of `data`.
+std::vector<float> logits_of(const ssmq::quant::fake_quant_model& q, const ssmq::data::batcher& data) {
+  std::vector<float> out;
+  data.for_each_batch(0, [&](const ssmq::data::batch& b) {
+    for (std::size_t i = 0; i < b.size; ++i) {
+      std::vector<float> lg(q.shape().classes);
+      q.forward_sequence(b.inputs.data() + i * b.length * b.channels, b.length, lg.data());
+      out.insert(out.end(), lg.begin(), lg.end());
+    }
+  });
+  return out;
+}
+
+struct fixture {
+  ssmq::data::image_dataset data = images(12, 3);
+  ssmq::data::normalisation norm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher batches{data, norm, {6, ssmq::data::batch_order::sequential, 0, false}};
+
+  ssmq::quant::fake_quant_model calibrated(std::string_view config,
+                                           ssmq::quant::complex_format cf = ssmq::quant::complex_format::re_im,
+                                           ssmq::norm_placement placement = ssmq::norm_placement::none) const {
+    ssmq::quant::fake_quant_model q(tiny_model(placement, 11), ssmq::precision_from_name(config),
+                                    ssmq::quant::gelu_choice::automatic, cf);
+    q.calibrate(batches, 2);
+    return q;
+  }
+};
+
+/// A valid quantized model file in memory (all4: 4-bit levels in I8).
+io::safetensors_file valid_file() {
+  const fixture fx;
+  return io::quantized_to_safetensors(fx.calibrated("all4"), fx.norm);
+}
+
+/// Loading `f` from a file must fail with a message holding every part.
+void check_load_fails(const io::safetensors_file& f, std::initializer_list<std::string_view> parts) {
+  temp_dir dir;
+  const fs::path path = dir.path / "bad.safetensors";
+  io::save_safetensors(path, f);
+  const std::string message = error_of([&] { (void)io::load_quantized_model(path); });
+  INFO("message: ", message);
+  CHECK(message.starts_with("ssmq: " + path.string() + ": "));
+  for (const auto part : parts) CHECK_MESSAGE(message.find(part) != std::string::npos, part);
+}
+
+}  // namespace
+
+// ---- integer tensors in safetensors ---------------------------------------------------------
+
+TEST_CASE("I8, I16 and I32 tensors round-trip with their extremes, beside F32 ones") {
+  io::safetensors_file f;
+  f.tensors["f"] = {{2}, {1.5f, -2.0f}};
+  f.tensors["a8"] = io::int_tensor({2, 2}, tensor_dtype::i8, {-128, 127, 0, -1});
+  f.tensors["b16"] = io::int_tensor({3}, tensor_dtype::i16, {-32768, 32767, 1});
+  f.tensors["c32"] = io::int_tensor({3}, tensor_dtype::i32, {std::numeric_limits<std::int32_t>::min(),
+                                                             std::numeric_limits<std::int32_t>::max(), -7});
+  f.tensors["empty8"] = io::int_tensor({0}, tensor_dtype::i8, {});
+  temp_dir dir;
+  io::save_safetensors(dir.path / "ints.safetensors", f);
+  const auto g = io::load_safetensors(dir.path / "ints.safetensors");
+  REQUIRE(g.tensors.size() == f.tensors.size());
+  for (const auto& entry : f.tensors) {
+    INFO(entry.first);  // not a structured binding: Clang 14 cannot capture one in INFO
+    const auto& t = entry.second;
+    const auto& u = g.tensors.at(entry.first);
+    CHECK(u.dtype == t.dtype);
+    CHECK(u.shape == t.shape);
+    CHECK(u.ints == t.ints);
+    CHECK(u.values == t.values);
+  }
+  CHECK(io::expect_int_tensor(g, "b16", tensor_dtype::i16, {3})[0] == -32768);
+}
+
+TEST_CASE("integer tensors are little-endian and laid out after F32 ones, widest dtype first") {
+  io::safetensors_file f;
+  f.tensors["a"] = io::int_tensor({2}, tensor_dtype::i8, {1, -2});
+  f.tensors["b"] = io::int_tensor({2}, tensor_dtype::i16, {1, -2});
+  f.tensors["c"] = io::int_tensor({1}, tensor_dtype::i32, {-2});
+  f.tensors["d"] = {{1}, {1.0f}};
+  const auto b = io::to_bytes(f);
+  const std::string header(b.begin() + 8, b.end());
+  // The reference writer's order: descending dtype (F32, I32, I16, I8), then name.
+  const std::string expected_header =
+      R"({"d":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+      R"("c":{"dtype":"I32","shape":[1],"data_offsets":[4,8]},)"
+      R"("b":{"dtype":"I16","shape":[2],"data_offsets":[8,12]},)"
+      R"("a":{"dtype":"I8","shape":[2],"data_offsets":[12,14]}})";
+  CHECK(header.starts_with(expected_header));
+  const std::vector<std::uint8_t> data(b.end() - 14, b.end());
+  CHECK(data == std::vector<std::uint8_t>{0x00, 0x00, 0x80, 0x3F, 0xFE, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0xFE, 0xFF,
+                                          0x01, 0xFE});
+}
+
+TEST_CASE("integer tensors: values outside the dtype, sizes and dtypes are checked") {
+  io::safetensors_file f;
+  f.tensors["a"] = io::int_tensor({2}, tensor_dtype::i8, {1, 128});
+  CHECK(error_of([&] { (void)io::to_bytes(f, "out.safetensors"); }) ==
+        "ssmq: out.safetensors: tensor 'a' holds 128 at index 1, outside the range of I8 [-128, 127]");
+  f.tensors["a"] = io::int_tensor({3}, tensor_dtype::i16, {1, 2});
+  CHECK(error_of([&] { (void)io::to_bytes(f, "out.safetensors"); }) ==
+        "ssmq: out.safetensors: tensor 'a' has shape [3] but holds 2 values");
+  f.tensors["a"] = {{1}, {1.0f}, tensor_dtype::i32, {1}};
+  CHECK(error_of([&] { (void)io::to_bytes(f, "out.safetensors"); }) ==
+        "ssmq: out.safetensors: tensor 'a' is I32 but also holds float values");
+
+  // A data size that does not match the dtype, and every truncation, are rejected.
+  f.tensors.clear();
+  f.tensors["a"] = io::int_tensor({3}, tensor_dtype::i16, {1, 2, 3});
+  auto b = io::to_bytes(f);
+  for (std::size_t n = 0; n < b.size(); ++n) {
+    const std::vector<std::uint8_t> cut(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n));
+    CHECK_THROWS_AS((void)io::from_bytes(cut, "cut"), io::checkpoint_error);
+  }
+  std::string text(b.begin(), b.end());
+  text.replace(text.find("\"I16\""), 5, "\"I32\"");
+  b.assign(text.begin(), text.end());
+  CHECK(error_of([&] { (void)io::from_bytes(b, "x"); })
+            .find("tensor 'a' has shape [3] (3 I32 values, 12 bytes) but its data_offsets [0, 6] span 6 bytes") !=
+        std::string::npos);
+
+  // Loaders name a wrong dtype.
+  f.tensors["f"] = {{3}, {1, 2, 3}};
+  f.source = "m.safetensors";
+  CHECK(error_of([&] { (void)io::expect_tensor(f, "a", {3}); }) ==
+        "ssmq: m.safetensors: tensor 'a' has dtype I16 but the model needs F32");
+  CHECK(error_of([&] { (void)io::expect_int_tensor(f, "f", tensor_dtype::i8, {3}); }) ==
+        "ssmq: m.safetensors: tensor 'f' has dtype F32 but the model needs I8");
+  CHECK(error_of([&] { (void)io::expect_int_tensor(f, "a", tensor_dtype::i16, {2}); }) ==
+        "ssmq: m.safetensors: tensor 'a' has shape [3] but the model needs [2]");
+}
+
+// ---- quantized model files ------------------------------------------------------------------
+
+TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
+  const fixture fx;
+  temp_dir dir;
+  using ssmq::quant::complex_format;
+  struct variant {
+    const char* config;
+    complex_format cf;
+    ssmq::norm_placement norm;
+  };
+  for (const variant v : {variant{"all8", complex_format::re_im, ssmq::norm_placement::none},
+                          {"all4", complex_format::re_im, ssmq::norm_placement::none},
+                          {"Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6", complex_format::re_im, ssmq::norm_placement::pre},
+                          {"all8t", complex_format::re_im, ssmq::norm_placement::post},
+                          {"all6s", complex_format::re_im, ssmq::norm_placement::none},
+                          {"all8u_Abar16", complex_format::re_im, ssmq::norm_placement::none},
+                          {"Abar6_x6d_W4h_act6m", complex_format::re_im, ssmq::norm_placement::none},
+                          {"all8", complex_format::polar, ssmq::norm_placement::none},
+                          {"Abar4_Bbar5t_Cbar6s_x8_act8", complex_format::polar, ssmq::norm_placement::post},
+                          {"W4_act6", complex_format::polar, ssmq::norm_placement::none},
+                          {"fp32", complex_format::re_im, ssmq::norm_placement::none}}) {
+    INFO(v.config, v.cf == complex_format::polar ? " polar" : " re_im");
+    const auto q = fx.calibrated(v.config, v.cf, v.norm);
+    const fs::path path = dir.path / "q.safetensors";
+    io::save_quantized_model(path, q, fx.norm);
+    const auto loaded = io::load_quantized_model(path);
+    CHECK(loaded.input_norm == fx.norm);
+    CHECK(loaded.model.spec() == q.spec());
+    CHECK(loaded.model.shape() == q.shape());
+    CHECK(loaded.model.uses_qgelu() == q.uses_qgelu());
+    CHECK(loaded.model.complex_form() == v.cf);
+    const auto a = logits_of(q, fx.batches), b = logits_of(loaded.model, fx.batches);
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    // The stored parameter values themselves are identical.
+    for (std::size_t l = 0; l < q.layers().size(); ++l) {
+      const auto &x = q.layers()[l], &y = loaded.model.layers()[l];
+      CHECK(std::memcmp(x.abar_re.data(), y.abar_re.data(), x.abar_re.size() * sizeof(float)) == 0);
+      CHECK(std::memcmp(x.abar_im.data(), y.abar_im.data(), x.abar_im.size() * sizeof(float)) == 0);
+      CHECK(x.q_state.params == y.q_state.params);
+      CHECK(x.q_abar.phase_params == y.q_abar.phase_params);
+    }
+    // Saving the loaded model gives the same bytes.
+    CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) ==
+          io::to_bytes(io::quantized_to_safetensors(q, fx.norm)));
+  }
+}
+
+TEST_CASE("the quantized file holds integer levels, scales and zero-points under documented names") {
+  const fixture fx;
+  const auto f4 = io::quantized_to_safetensors(fx.calibrated("Abar4_Bbar12_D4_x8_W4_act6"), fx.norm);
+  CHECK(io::is_quantized_model(f4));
+  CHECK(io::metadata_string(f4, "ssmq.format") == "ssmq-s4d-quantized/1");
+  CHECK(io::metadata_string(f4, "ssmq.precision") == "Abar4_Bbar12_D4_x8_W4_act6");
+  CHECK(io::metadata_string(f4, "ssmq.complex") == "re_im");
+  CHECK(io::metadata_string(f4, "ssmq.gelu") == "qgelu");
+  const auto levels = io::expect_int_tensor(f4, "s4_layers.0.kernel.Abar.q", tensor_dtype::i8, {4, 5, 2});
+  for (const auto l : levels) CHECK((l >= -8 && l <= 7));
+  (void)io::expect_int_tensor(f4, "s4_layers.0.kernel.Bbar.q", tensor_dtype::i16, {4, 5, 2});
+  (void)io::expect_tensor(f4, "s4_layers.0.kernel.Abar.scale", {4});
+  (void)io::expect_int_tensor(f4, "s4_layers.0.kernel.Abar.zero_point", tensor_dtype::i32, {4});
+  (void)io::expect_tensor(f4, "s4_layers.1.kernel.C", {4, 5, 2});  // C̄ at fp32
+  (void)io::expect_int_tensor(f4, "s4_layers.1.output_linear.0.weight.q", tensor_dtype::i8, {8, 4, 1});
+  (void)io::expect_tensor(f4, "s4_layers.1.output_linear.0.weight.scale", {1});  // per tensor
+  (void)io::expect_tensor(f4, "s4_layers.1.output_linear.0.bias", {8});
+  (void)io::expect_tensor(f4, "s4_layers.1.state.scale", {4});
+  (void)io::expect_tensor(f4, "s4_layers.1.linear_input.scale", {1});
+  (void)io::expect_tensor(f4, "encoder.input.scale", {1});
+  CHECK_FALSE(f4.tensors.contains("s4_layers.0.ssm_output.scale"));  // ssm at fp32: nothing stored
+
+  const auto fp = io::quantized_to_safetensors(fx.calibrated("Abar6_Cbar3", ssmq::quant::complex_format::polar), fx.norm);
+  CHECK(io::metadata_string(fp, "ssmq.complex") == "polar");
+  (void)io::expect_int_tensor(fp, "s4_layers.0.kernel.Abar.mag.q", tensor_dtype::i8, {4, 5});
+  (void)io::expect_int_tensor(fp, "s4_layers.0.kernel.Abar.phase.q", tensor_dtype::i8, {4, 5});
+  (void)io::expect_tensor(fp, "s4_layers.0.kernel.C.phase.scale", {4});
+  (void)io::expect_tensor(fp, "s4_layers.0.kernel.Bbar", {4, 5, 2});  // B̄ at fp32
+  CHECK_FALSE(fp.tensors.contains("s4_layers.0.kernel.Abar.q"));
+}
+
+TEST_CASE("malformed quantized model files are clear errors") {
+  const io::safetensors_file good = valid_file();
+  {
+    temp_dir dir;  // the valid file loads
+    io::save_safetensors(dir.path / "good.safetensors", good);
+    CHECK_NOTHROW((void)io::load_quantized_model(dir.path / "good.safetensors"));
+  }
+  const std::string abar = "s4_layers.0.kernel.Abar.q";
+  SUBCASE("missing tensor") {
+    auto f = good;
+    f.tensors.erase("s4_layers.1.state.zero_point");
+    check_load_fails(f, {"the model needs tensor 's4_layers.1.state.zero_point' [4]"});
+  }
+  SUBCASE("wrong shape") {
+    auto f = good;
+    f.tensors[abar] = io::int_tensor({4, 10}, tensor_dtype::i8, std::vector<std::int32_t>(40, 0));
+    check_load_fails(f, {"tensor 's4_layers.0.kernel.Abar.q' has shape [4, 10] but the model needs [4, 5, 2]"});
+  }
+  SUBCASE("wrong dtype") {
+    auto f = good;
+    f.tensors[abar] = {{4, 5, 2}, std::vector<float>(40, 0.0f)};
+    check_load_fails(f, {"tensor 's4_layers.0.kernel.Abar.q' has dtype F32 but the model needs I8"});
+    f = good;
+    f.tensors["encoder.bias"] = io::int_tensor({4}, tensor_dtype::i32, {0, 0, 0, 0});
+    check_load_fails(f, {"tensor 'encoder.bias' has dtype I32 but the model needs F32"});
+  }
+  SUBCASE("level outside the bit-width's range") {
+    auto f = good;
+    f.tensors[abar].ints[3] = 9;
+    check_load_fails(f, {"tensor 's4_layers.0.kernel.Abar.q' holds level 9 at index 3, outside the range [-8, 7] of its "
+                         "4-bit quantizer"});
+  }
+  SUBCASE("zero-point outside the range, scale not positive") {
+    auto f = good;
+    f.tensors["s4_layers.0.D.zero_point"].ints[1] = -9;
+    check_load_fails(f, {"tensor 's4_layers.0.D.zero_point' holds zero-point -9 at index 1"});
+    f = good;
+    f.tensors["s4_layers.0.D.scale"].values[0] = 0.0f;
+    check_load_fails(f, {"tensor 's4_layers.0.D.scale' holds a scale that is not positive"});
+  }
+  SUBCASE("unknown configuration name") {
+    auto f = good;
+    f.metadata["ssmq.precision"] = "Abar9_Z4";
+    check_load_fails(f, {"metadata 'ssmq.precision': ssmq: bad precision name 'Abar9_Z4'", "unknown component"});
+  }
+  SUBCASE("a configuration other than the file's tensors") {
+    auto f = good;
+    f.metadata["ssmq.precision"] = "all16";
+    check_load_fails(f, {"has dtype I8 but the model needs I16"});
+  }
+  SUBCASE("bad metadata") {
+    auto f = good;
+    f.metadata["ssmq.complex"] = "cartesian";
+    check_load_fails(f, {"metadata 'ssmq.complex' = 'cartesian' (expected polar or re_im)"});
+    f = good;
+    f.metadata.erase("ssmq.gelu");
+    check_load_fails(f, {"metadata 'ssmq.gelu' is missing"});
+    f = good;
+    f.metadata["ssmq.heads"] = "5";
+    check_load_fails(f, {"has shape [4, 1] but the model needs [5, 1]"});
+  }
+  SUBCASE("not a quantized model") {
+    auto f = good;
+    f.metadata["ssmq.format"] = "ssmq-s4d-float/1";
+    check_load_fails(f, {"metadata 'ssmq.format' = 'ssmq-s4d-float/1': not a quantized model"});
+  }
+  SUBCASE("an extra tensor") {
+    auto f = good;
+    f.tensors["s4_layers.0.kernel.Abar.mag.q"] = io::int_tensor({1}, tensor_dtype::i8, {0});
+    check_load_fails(f, {"the checkpoint holds 1 tensor the model does not use: 's4_layers.0.kernel.Abar.mag.q'"});
+  }
+  SUBCASE("truncated file") {
+    temp_dir dir;
+    const auto bytes = io::to_bytes(good);
+    for (const std::size_t n : {std::size_t{3}, std::size_t{100}, bytes.size() - 1}) {
+      const fs::path path = dir.path / "cut.safetensors";
+      std::ofstream(path, std::ios::binary)
+          .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(n));
+      const std::string message = error_of([&] { (void)io::load_quantized_model(path); });
+      INFO(message);
+      CHECK(message.find("truncated") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("saving refuses a model that a file could not rebuild exactly") {
+  const fixture fx;
+  // Not calibrated: its static points have no parameters.
+  ssmq::quant::fake_quant_model raw(tiny_model(ssmq::norm_placement::none, 11), ssmq::precision_from_name("x8"));
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(raw, fx.norm); }) ==
+        "ssmq: cannot save the quantized model: 's4_layers.0.state' has no parameters: calibrate the model before "
+        "saving it");
+  // A value off its quantization grid.
+  auto parts = fx.calibrated("all8").parts();
+  parts.layers[1].d[2] += 1e-3f;
+  const ssmq::quant::fake_quant_model off(parts);
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(off, fx.norm); }) ==
+        "ssmq: cannot save the quantized model: 's4_layers.1.D' value 2 is not on its quantization grid (is it "
+        "fake-quantized?)");
+  // A percentile that the configuration's name cannot express.
+  auto spec = ssmq::precision_from_name("D8");
+  spec[ssmq::component::d].percentile_milli = 99'000;
+  const ssmq::quant::fake_quant_model pct(tiny_model(ssmq::norm_placement::none, 11), spec);
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(pct, fx.norm); }).find("calibration percentile") !=
+        std::string::npos);
+}
