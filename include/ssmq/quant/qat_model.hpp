@@ -90,6 +90,7 @@ struct qat_grads {
 struct qat_cache {
   struct layer {
     std::vector<float> in, z0, z_xhat, z_rstd, z, y, yc, y2, y2q, g, gq, o, r, r_xhat, r_rstd, out;
+    std::vector<float> states;  ///< every SSM state [B, L, H, 2M] (kept rather than recomputed)
   };
   std::size_t B = 0, L = 0;
   std::vector<float> x, xq;  ///< encoder input [B, inputs, L], before and after its quantizer
@@ -319,11 +320,13 @@ class qat_model {
       lc.z = lc.z0;
       fake_quant_acts(a.ssm_in, lc.z, L);
       lc.y.resize(n);
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t h = 0; h < H; ++h) {
-          const std::size_t row = (b * H + h) * L;
-          clamped += scan_forward(pl, a.state, h, lc.z.data() + row, L, lc.y.data() + row, nullptr);
-        }
+      const std::size_t S = L * H * 2 * s.modes();
+      lc.states.resize(cache != nullptr ? B * S : 0);
+      for (std::size_t b = 0; b < B; ++b) {
+        const std::size_t row = b * H * L;
+        clamped += scan_forward(pl, a.state, lc.z.data() + row, lc.y.data() + row, L,
+                                cache != nullptr ? lc.states.data() + b * S : nullptr);
+      }
       // y -> clamp, FQ_y -> + D z -> FQ_y_out -> (Q)GELU -> FQ_lin_in -> Linear -> GLU -> + residual
       lc.yc = lc.y;
       if (a.y.active())
@@ -373,14 +376,13 @@ class qat_model {
   void backward(const qat_prepared& pp, const qat_cache& c, const float* dlogits, qat_grads& g) const {
     const model_shape& s = shape();
     const std::size_t H = s.heads, M = s.modes(), B = c.B, L = c.L, n = B * H * L;
-    thread_local std::vector<float> dpooled, dout, dr, d_o, dg, dz, dzn, states;
+    thread_local std::vector<float> dpooled, dout, dr, d_o, dg, dz, dzn;
     dpooled.assign(B * H, 0.0f);
     nn::linear_backward(pp.dec, c.pooled_q.data(), dlogits, dpooled.data(), g.dec, B, 1);
     straight_through(q_dec_in_, c.pooled, dpooled, 1);
     dout.resize(n);
     for (std::size_t r = 0; r < B * H; ++r)
       for (std::size_t l = 0; l < L; ++l) dout[r * L + l] = dpooled[r] / static_cast<float>(L);
-    states.resize(L * 2 * M);
     for (std::size_t li = s.layers; li-- > 0;) {
       const auto& pl = pp.layers[li];
       const auto& a = acts_[li];
@@ -414,19 +416,18 @@ class qat_model {
       if (a.y.active())
         for (std::size_t i = 0; i < n; ++i)
           if (!(std::fabs(lc.y[i]) <= ssm_output_clamp)) dg[i] = 0.0f;
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t h = 0; h < H; ++h) {
-          const std::size_t row = (b * H + h) * L, o = h * M;
-          scan_forward(pl, a.state, h, lc.z.data() + row, L, nullptr, states.data());
-          const scan_grads sg{lg.abar_re.data() + o, lg.abar_im.data() + o, lg.bbar_re.data() + o,
-                              lg.bbar_im.data() + o, lg.c_re.data() + o,    lg.c_im.data() + o};
-          const ssm_step_weights w = head_weights(pl, h);
-          const state_quantizer q = head_state(a.state, h);
-          if (scalar_reference_)
-            qat_scan_backward<false>(w, q, lc.z.data() + row, L, states.data(), dg.data() + row, dz.data() + row, sg);
-          else
-            qat_scan_backward<true>(w, q, lc.z.data() + row, L, states.data(), dg.data() + row, dz.data() + row, sg);
-        }
+      const ssm_step_weights w = layer_weights(pl);
+      const state_quantizer q = layer_state(a.state);
+      const scan_grads sg{lg.abar_re.data(), lg.abar_im.data(), lg.bbar_re.data(),
+                          lg.bbar_im.data(), lg.c_re.data(),    lg.c_im.data()};
+      for (std::size_t b = 0; b < B; ++b) {
+        const std::size_t row = b * H * L;
+        const float* st = lc.states.data() + b * L * H * 2 * M;
+        if (scalar_reference_)
+          qat_scan_backward<false>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, sg);
+        else
+          qat_scan_backward<true>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, sg);
+      }
       straight_through(a.ssm_in, lc.z0, dz, L);
       if (s.norm == norm_placement::pre) {
         dzn.resize(n);
@@ -542,34 +543,34 @@ class qat_model {
     else kernels::simd::fake_quant_backward(pre, grad, grad, q.params, layout, q.spec.limits());
   }
 
-  [[nodiscard]] ssm_step_weights head_weights(const qat_prepared::layer& pl, std::size_t h) const {
-    const std::size_t o = h * shape().modes();
-    return {pl.abar_re.data() + o, pl.abar_im.data() + o, pl.bbar_re.data() + o, pl.bbar_im.data() + o,
-            pl.c_re.data() + o,    pl.c_im.data() + o,    1,                     shape().modes()};
+  [[nodiscard]] ssm_step_weights layer_weights(const qat_prepared::layer& pl) const {
+    return {pl.abar_re.data(), pl.abar_im.data(), pl.bbar_re.data(), pl.bbar_im.data(),
+            pl.c_re.data(),    pl.c_im.data(),    shape().heads,     shape().modes()};
   }
-  [[nodiscard]] static state_quantizer head_state(const point_quantizer& q, std::size_t h) {
+  [[nodiscard]] static state_quantizer layer_state(const point_quantizer& q) {
     state_quantizer sq;
     sq.active = q.active();
     sq.clamp_enabled = q.active();
     sq.clamp = state_clamp;
     if (sq.active) {
       sq.spec = q.spec;
-      sq.params = &q.of_head(h);
-      sq.per_tensor = true;  // params points at this head's entry
+      sq.params = q.params.data();
+      sq.per_tensor = q.spec.gran == granularity::per_tensor;
     }
     return sq;
   }
-  std::uint64_t scan_forward(const qat_prepared::layer& pl, const point_quantizer& state, std::size_t h,
-                             const float* z, std::size_t L, float* y, float* states) const {
+  /// The SSM of every head of one sequence (z, y: [H, L]).
+  std::uint64_t scan_forward(const qat_prepared::layer& pl, const point_quantizer& state, const float* z, float* y,
+                             std::size_t L, float* states) const {
     thread_local std::vector<float> discard;
     if (y == nullptr) {
-      discard.resize(L);
+      discard.resize(shape().heads * L);
       y = discard.data();
     }
-    const ssm_step_weights w = head_weights(pl, h);
-    const state_quantizer q = head_state(state, h);
-    return scalar_reference_ ? qat_scan_forward<false>(w, q, z, L, y, states)
-                             : qat_scan_forward<true>(w, q, z, L, y, states);
+    const ssm_step_weights w = layer_weights(pl);
+    const state_quantizer q = layer_state(state);
+    return scalar_reference_ ? qat_scan_forward<false>(w, q, z, y, L, L, states)
+                             : qat_scan_forward<true>(w, q, z, y, L, L, states);
   }
 
   precision_spec spec_;

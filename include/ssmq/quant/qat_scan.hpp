@@ -152,10 +152,10 @@ template <class V>
 /// One backward step over all M modes; returns dL/dz_k's SSM part. Scalar: V = float over
 /// lane blocks; SIMD: one batch per block. Both sum the blocks' lanes 0..W-1, then the tail.
 template <bool Simd>
-inline float scan_backward_step(const scan_step_args& a, std::size_t M, const state_quantizer& q, int_limits lim) {
+inline float scan_backward_step(const scan_step_args& a, std::size_t M, const state_quantizer& q,
+                                const affine_params& p, int_limits lim) {
   constexpr std::size_t W = lanes;
   const bool active = q.active;
-  const affine_params p = active ? q.params[0] : affine_params{};
   const fq_lanes<float> fq1(p, lim);
   float partial[W] = {};
   std::size_t i = 0;
@@ -183,7 +183,8 @@ inline float scan_backward_step(const scan_step_args& a, std::size_t M, const st
 /// What one forward step reads and updates, per head.
 struct scan_forward_args {
   const float *ar, *ai, *br, *bi, *cr, *ci;  ///< Ā, B̄, C̄ of the head [M]
-  float *xr, *xi;                            ///< in: x_{k-1}; out: x_k
+  const float *xpr, *xpi;                    ///< x_{k-1}
+  float *xr, *xi;                            ///< x_k (may alias x_{k-1})
   float z;                                   ///< z_k
 };
 
@@ -193,7 +194,7 @@ template <class V>
 [[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, bool active, bool clamp_on, float clamp,
                                const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
   using ops = lane_ops<V>;
-  const V ar = ops::load(a.ar + i), ai = ops::load(a.ai + i), xr = ops::load(a.xr + i), xi = ops::load(a.xi + i);
+  const V ar = ops::load(a.ar + i), ai = ops::load(a.ai + i), xr = ops::load(a.xpr + i), xi = ops::load(a.xpi + i);
   const V z(a.z);
   V pr = ar * xr - ai * xi, pi = ar * xi + ai * xr;
   V br = ops::load(a.br + i) * z, bi = ops::load(a.bi + i) * z;
@@ -221,10 +222,9 @@ template <class V>
 
 /// One forward step over all M modes; returns sum_n Re(C̄ x_k) in the lane-blocked order.
 template <bool Simd>
-inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const state_quantizer& q, int_limits lim,
-                               std::uint64_t& clamped) {
+inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const state_quantizer& q,
+                               const affine_params& p, int_limits lim, std::uint64_t& clamped) {
   constexpr std::size_t W = lanes;
-  const affine_params p = q.active ? q.params[0] : affine_params{};
   const fq_lanes<float> fq1(p, lim);
   float partial[W] = {};
   std::size_t i = 0;
@@ -251,49 +251,63 @@ inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const 
 
 }  // namespace detail
 
-/// Forward over one head and one sequence: z [L] -> y [L] (y_k = 2 Re(C̄ x_k), before D z and
-/// the output quantizers). `w` holds the head's weights (heads = 1); a quantized state needs
-/// static parameters (q.params[0]). With `states` ([L, 2M]: re then im of x_k) every state is
-/// kept for the backward pass. Returns how often the state clamp fired. Simd selects the
-/// lane type; both give the results of ssm_step (same operations, same summation order).
+/// The state parameters of head h (a static quantizer: per head, or one for the tensor).
+inline affine_params head_params(const state_quantizer& q, std::size_t h) noexcept {
+  return q.active ? q.params[q.per_tensor ? 0 : h] : affine_params{};
+}
+
+/// Forward over the heads of one sequence: z [heads, L] -> y [heads, L] (rows `stride` apart;
+/// y_k = 2 Re(C̄ x_k), before D z and the output quantizers). A quantized state needs static
+/// parameters. With `states` ([L, heads, 2M]: re then im of each head's x_k) every state is
+/// kept for the backward pass. Each time step runs all heads: their recurrences are
+/// independent chains, so the CPU overlaps them. Returns how often the state clamp fired.
+/// Simd selects the lane type; both give the results of ssm_step (same operations, same
+/// summation order).
 template <bool Simd>
-std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer& q, const float* z, std::size_t L,
-                               float* y, float* states = nullptr) {
-  const std::size_t M = w.modes;
+std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer& q, const float* z, float* y,
+                               std::size_t L, std::size_t stride, float* states = nullptr) {
+  const std::size_t H = w.heads, M = w.modes, S = H * 2 * M;
   const int_limits lim = q.active ? q.spec.limits() : int_limits{0, 0};
-  thread_local std::vector<float> x;
-  x.assign(2 * M, 0.0f);
-  detail::scan_forward_args a{w.abar_re, w.abar_im, w.bbar_re, w.bbar_im, w.c_re, w.c_im, x.data(), x.data() + M, 0.0f};
+  thread_local std::vector<float> zeros, ping;  // x_{-1} = 0; without `states`, x lives in `ping`
+  zeros.assign(S, 0.0f);
+  ping.resize(S);
   std::uint64_t clamped = 0;
   for (std::size_t k = 0; k < L; ++k) {
-    a.z = z[k];
-    y[k] = 2.0f * detail::scan_forward_step<Simd>(a, M, q, lim, clamped);
-    if (states != nullptr) std::copy(x.begin(), x.end(), states + k * 2 * M);
+    const float* xp = k == 0 ? zeros.data() : states != nullptr ? states + (k - 1) * S : ping.data();
+    float* x = states != nullptr ? states + k * S : ping.data();
+    for (std::size_t h = 0; h < H; ++h) {
+      const std::size_t o = h * M, so = 2 * o;
+      const detail::scan_forward_args a{w.abar_re + o, w.abar_im + o, w.bbar_re + o, w.bbar_im + o,
+                                        w.c_re + o,    w.c_im + o,    xp + so,       xp + so + M,
+                                        x + so,        x + so + M,    z[h * stride + k]};
+      y[h * stride + k] = 2.0f * detail::scan_forward_step<Simd>(a, M, q, head_params(q, h), lim, clamped);
+    }
   }
   return clamped;
 }
 
-/// Backward over one head and one sequence, from the states of qat_scan_forward: adds
-/// dL/dz_k (the SSM's part) to gz [L] and accumulates the head's parameter gradients.
+/// Backward over the heads of one sequence, from the states of qat_scan_forward: adds
+/// dL/dz_k (the SSM's part) to gz [heads, L] (rows `stride` apart) and accumulates the
+/// parameter gradients (`g` points at [heads * M] arrays).
 template <bool Simd>
-void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, const float* z, std::size_t L,
-                       const float* states, const float* gy, float* gz, const scan_grads& g) {
-  const std::size_t M = w.modes;
+void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, const float* z, const float* gy,
+                       float* gz, std::size_t L, std::size_t stride, const float* states, const scan_grads& g) {
+  const std::size_t H = w.heads, M = w.modes, S = H * 2 * M;
   const int_limits lim = q.active ? q.spec.limits() : int_limits{0, 0};
-  thread_local std::vector<float> gxr, gxi, zeros;
-  gxr.assign(M, 0.0f);
-  gxi.assign(M, 0.0f);
-  zeros.assign(M, 0.0f);
-  detail::scan_step_args a{w.abar_re, w.abar_im, w.bbar_re, w.bbar_im, w.c_re, w.c_im, nullptr, nullptr, nullptr,
-                           nullptr,   0.0f,      0.0f,      gxr.data(), gxi.data(), g};
+  thread_local std::vector<float> gx, zeros;
+  gx.assign(S, 0.0f);
+  zeros.assign(S, 0.0f);
   for (std::size_t k = L; k-- > 0;) {
-    a.xr = states + k * 2 * M;
-    a.xi = a.xr + M;
-    a.xpr = k > 0 ? states + (k - 1) * 2 * M : zeros.data();
-    a.xpi = k > 0 ? a.xpr + M : zeros.data();
-    a.z = z[k];
-    a.two_g = 2.0f * gy[k];
-    gz[k] += detail::scan_backward_step<Simd>(a, M, q, lim);
+    const float* xk = states + k * S;
+    const float* xp = k > 0 ? states + (k - 1) * S : zeros.data();
+    for (std::size_t h = 0; h < H; ++h) {
+      const std::size_t o = h * M, so = 2 * o;
+      const scan_grads gh{g.abar_re + o, g.abar_im + o, g.bbar_re + o, g.bbar_im + o, g.c_re + o, g.c_im + o};
+      const detail::scan_step_args a{w.abar_re + o, w.abar_im + o, w.bbar_re + o, w.bbar_im + o, w.c_re + o,
+                                     w.c_im + o,    xk + so,       xk + so + M,   xp + so,       xp + so + M,
+                                     z[h * stride + k], 2.0f * gy[h * stride + k], gx.data() + so, gx.data() + so + M, gh};
+      gz[h * stride + k] += detail::scan_backward_step<Simd>(a, M, q, head_params(q, h), lim);
+    }
   }
 }
 
