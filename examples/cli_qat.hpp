@@ -5,7 +5,9 @@
 // (Adam, cosine schedule), keeps the epoch with the best validation accuracy, and reports the
 // test accuracy of that model through the fake-quantized evaluation path of PTQ.
 // Writes <out> (shadows + calibration, loadable with io::qat_from_safetensors), <out>.log.csv,
-// and <out>.train-state after every epoch (--resume continues bit-identically).
+// <out>.train-state after every epoch (--resume continues bit-identically), and at the end
+// the chosen model as a quantized model file, <out>.quant.safetensors (integer levels, scales,
+// zero-points; `ssmq eval --model` reproduces its accuracy).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,13 +18,14 @@
 #include <ssmq/io/model_checkpoint.hpp>
 #include <ssmq/io/optimizer_state.hpp>
 #include <ssmq/io/qat_checkpoint.hpp>
+#include <ssmq/io/quantized_model.hpp>
 #include <ssmq/precision/footprint.hpp>
 #include <ssmq/quant/qat_trainer.hpp>
 
 namespace ssmq_cli {
 
 struct qat_args {
-  std::string model, data = "data/mnist", config = "all8", param = "discrete", out;
+  std::string model, data = "data/mnist", config = "all8", param = "discrete", out, results, name;
   std::size_t epochs = 10, batch = 64, threads = 2, micro_batch = 16, calib_batches = 4, calib_batch = 32;
   std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
   double lr = 1e-3;
@@ -50,6 +53,8 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--val-limit", a.val_limit, "validate on only the first N validation sequences");
   cmd->add_option("--test-limit", a.test_limit, "test on only the first N test sequences");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
+  cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
+  cmd->add_option("--name", a.name, "the run's name in the results CSV");
 }
 
 inline std::string qat_fingerprint(const qat_args& a) {
@@ -85,7 +90,7 @@ inline int run_qat(const qat_args& a) {
   o.adam.lr = a.lr;
   o.adam.ssm_lr = a.lr;
   const fs::path out(a.out), state(a.out + ".train-state");
-  double best_acc = -1.0;
+  double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
   std::size_t best_epoch = 0;
   ssmq::quant::qat_model model(ck.model, spec, param);
   ssmq::train::adam<float> opt(model.shadows, o.adam);
@@ -99,6 +104,8 @@ inline int run_qat(const qat_args& a) {
     o.first_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.next_epoch", 0));
     best_acc = ssmq::io::metadata_double(f, "train.best_val_accuracy");
     best_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.best_epoch", 0));
+    ptq_val = ssmq::io::metadata_double(f, "qat.ptq_val_accuracy");
+    ptq_test = ssmq::io::metadata_double(f, "qat.ptq_test_accuracy");
     std::fprintf(stderr, "resuming at epoch %zu (best validation %.4f at epoch %zu)\n", o.first_epoch + 1, best_acc,
                  best_epoch + 1);
   } else if (fs::exists(state)) {
@@ -112,12 +119,17 @@ inline int run_qat(const qat_args& a) {
   if (new_log) {
     model.calibrate(calib, a.calib_batches, a.threads);
     const auto ptq = ssmq::quant::qat_evaluate(model, validation, a.threads);
-    std::fprintf(stderr, "%s, %s: PTQ starting point: validation accuracy %.4f, loss %.4f\n", a.config.c_str(),
-                 a.param.c_str(), ptq.accuracy, ptq.loss);
+    ptq_val = ptq.accuracy;
+    ptq_test = ssmq::quant::qat_evaluate(model, test, a.threads).accuracy;
+    std::fprintf(stderr, "%s, %s: PTQ starting point: validation accuracy %.4f, loss %.4f; test accuracy %.4f\n",
+                 a.config.c_str(), a.param.c_str(), ptq.accuracy, ptq.loss, ptq_test);
     log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,state_clamp_rate,seconds,samples_per_second\n";
     log << "0,0,,," << ptq.loss << ',' << ptq.accuracy << ",,,\n" << std::flush;
   }
+  double seconds = 0.0;  // training time over all epochs (kept across resumes)
+  if (o.first_epoch > 0) seconds = ssmq::io::metadata_double(ssmq::io::load_safetensors(state), "train.seconds");
   ssmq::quant::qat_train(model, opt, training, &validation, o, [&](const ssmq::quant::qat_epoch_stats& st) {
+    seconds += st.seconds;
     char row[256];
     std::snprintf(row, sizeof row, "%zu,%.6g,%.6f,%.6f,%.6f,%.6f,%.3e,%.1f,%.1f", st.epoch + 1, st.lr, st.train_loss,
                   st.train_accuracy, st.validation.loss, st.validation.accuracy, st.state_clamp_rate, st.seconds,
@@ -137,6 +149,9 @@ inline int run_qat(const qat_args& a) {
     ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
     ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
     ssmq::io::set_metadata(f, "train.best_epoch", best_epoch);
+    ssmq::io::set_metadata(f, "qat.ptq_val_accuracy", ptq_val);
+    ssmq::io::set_metadata(f, "qat.ptq_test_accuracy", ptq_test);
+    ssmq::io::set_metadata(f, "train.seconds", seconds);
     ssmq::io::save_safetensors(state, f);
   });
 
@@ -147,11 +162,36 @@ inline int run_qat(const qat_args& a) {
   const auto r = fm.evaluate(test, a.threads, &cs);
   const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
   const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
+  if (param == ssmq::quant::abar_parameterization::polar) {
+    std::printf("(a polar Abar with re/im B and C cannot be written as a quantized model file yet)\n");
+  } else {
+    const std::string qfile = a.out + ".quant.safetensors";
+    ssmq::io::save_quantized_model(qfile, fm, ck.input_norm);
+    std::printf("saved the quantized model to %s\n", qfile.c_str());
+  }
   std::printf("qat %s %s: best validation accuracy %.4f at epoch %zu; test accuracy %.4f (%.2f %%), loss %.4f on %zu "
               "sequences; footprint %zu B (%.2fx smaller than float32); %zu unstable modes\n",
               a.config.c_str(), a.param.c_str(), best_acc, best_epoch + 1, r.accuracy, 100.0 * r.accuracy, r.loss,
               r.count, fp.total(), static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
               fm.stability().unstable_modes());
+  if (!a.results.empty()) {
+    const bool fresh = !fs::exists(a.results);
+    std::ofstream csv(a.results, std::ios::app);
+    if (!csv) throw std::runtime_error("ssmq: cannot write " + a.results);
+    if (fresh)
+      csv << "name,config,param,epochs,seed,batch,lr,train_limit,ptq_val_accuracy,ptq_test_accuracy,best_val_accuracy,"
+             "best_epoch,test_accuracy,test_loss,footprint_bytes,parameter_bytes,reduction_total,reduction_parameters,"
+             "unstable_modes,seconds_per_epoch\n";
+    char row[640];
+    std::snprintf(row, sizeof row, "%s,%s,%s,%zu,%llu,%zu,%g,%zu,%.4f,%.4f,%.4f,%zu,%.4f,%.4f,%zu,%zu,%.3f,%.3f,%zu,%.1f",
+                  (a.name.empty() ? a.config + "-" + a.param : a.name).c_str(), a.config.c_str(), a.param.c_str(),
+                  a.epochs, static_cast<unsigned long long>(a.seed), a.batch, a.lr, a.train_limit, ptq_val, ptq_test,
+                  best_acc, best_epoch + 1, r.accuracy, r.loss, fp.total(), fp.parameter_bytes,
+                  static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
+                  static_cast<double>(f32.parameter_bytes) / static_cast<double>(fp.parameter_bytes),
+                  fm.stability().unstable_modes(), seconds / static_cast<double>(a.epochs));
+    csv << row << '\n';
+  }
   return 0;
 }
 
