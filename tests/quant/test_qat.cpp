@@ -221,12 +221,13 @@ scan_case run_scan(std::size_t M, float lo, float hi, const std::vector<float>& 
   ssmq::quant::state_quantizer q{true, false, spec, &p, true, 50.0f, true};
   const ssmq::quant::ssm_step_weights w{ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), 1, M};
   std::vector<float> y(L), states(L * 2 * M);
-  ssmq::quant::qat_scan_forward<false>(w, q, z.data(), y.data(), L, L, states.data());
+  std::vector<std::int32_t> codes(L * M);
+  ssmq::quant::qat_scan_forward<Simd>(w, q, z.data(), y.data(), L, L, states.data(), codes.data());
   scan_case c;
   c.gz.assign(L, 0.0f);
   for (auto* v : {&c.g_ar, &c.g_ai, &c.g_br, &c.g_bi, &c.g_cr, &c.g_ci}) v->assign(M, 0.0f);
   const ssmq::quant::scan_grads g{c.g_ar.data(), c.g_ai.data(), c.g_br.data(), c.g_bi.data(), c.g_cr.data(), c.g_ci.data()};
-  ssmq::quant::qat_scan_backward<Simd>(w, q, z.data(), dy.data(), c.gz.data(), L, L, states.data(), g);
+  ssmq::quant::qat_scan_backward<Simd>(w, q, z.data(), dy.data(), c.gz.data(), L, L, states.data(), codes.data(), g);
   return c;
 }
 }  // namespace

@@ -90,7 +90,8 @@ struct qat_grads {
 struct qat_cache {
   struct layer {
     std::vector<float> in, z0, z_xhat, z_rstd, z, y, yc, y2, y2q, g, gq, o, r, r_xhat, r_rstd, out;
-    std::vector<float> states;  ///< every SSM state [B, L, H, 2M] (kept rather than recomputed)
+    std::vector<float> states;        ///< every SSM state [B, L, H, 2M] (kept rather than recomputed)
+    std::vector<std::int32_t> codes;  ///< every step's straight-through masks [B, L, H, M]
   };
   std::size_t B = 0, L = 0;
   std::vector<float> x, xq;  ///< encoder input [B, inputs, L], before and after its quantizer
@@ -322,10 +323,12 @@ class qat_model {
       lc.y.resize(n);
       const std::size_t S = L * H * 2 * s.modes();
       lc.states.resize(cache != nullptr ? B * S : 0);
+      lc.codes.resize(cache != nullptr ? B * S / 2 : 0);
       for (std::size_t b = 0; b < B; ++b) {
         const std::size_t row = b * H * L;
         clamped += scan_forward(pl, a.state, lc.z.data() + row, lc.y.data() + row, L,
-                                cache != nullptr ? lc.states.data() + b * S : nullptr);
+                                cache != nullptr ? lc.states.data() + b * S : nullptr,
+                                cache != nullptr ? lc.codes.data() + b * S / 2 : nullptr);
       }
       // y -> clamp, FQ_y -> + D z -> FQ_y_out -> (Q)GELU -> FQ_lin_in -> Linear -> GLU -> + residual
       lc.yc = lc.y;
@@ -423,10 +426,11 @@ class qat_model {
       for (std::size_t b = 0; b < B; ++b) {
         const std::size_t row = b * H * L;
         const float* st = lc.states.data() + b * L * H * 2 * M;
+        const std::int32_t* cd = lc.codes.data() + b * L * H * M;
         if (scalar_reference_)
-          qat_scan_backward<false>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, sg);
+          qat_scan_backward<false>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, cd, sg);
         else
-          qat_scan_backward<true>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, sg);
+          qat_scan_backward<true>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, cd, sg);
       }
       straight_through(a.ssm_in, lc.z0, dz, L);
       if (s.norm == norm_placement::pre) {
@@ -561,7 +565,7 @@ class qat_model {
   }
   /// The SSM of every head of one sequence (z, y: [H, L]).
   std::uint64_t scan_forward(const qat_prepared::layer& pl, const point_quantizer& state, const float* z, float* y,
-                             std::size_t L, float* states) const {
+                             std::size_t L, float* states, std::int32_t* codes) const {
     thread_local std::vector<float> discard;
     if (y == nullptr) {
       discard.resize(shape().heads * L);
@@ -569,8 +573,8 @@ class qat_model {
     }
     const ssm_step_weights w = layer_weights(pl);
     const state_quantizer q = layer_state(state);
-    return scalar_reference_ ? qat_scan_forward<false>(w, q, z, y, L, L, states)
-                             : qat_scan_forward<true>(w, q, z, y, L, L, states);
+    return scalar_reference_ ? qat_scan_forward<false>(w, q, z, y, L, L, states, codes)
+                             : qat_scan_forward<true>(w, q, z, y, L, L, states, codes);
   }
 
   precision_spec spec_;
