@@ -205,6 +205,53 @@ TEST_CASE("QAT's forward pass is the PTQ model of the same quantized values (up 
   }
 }
 
+TEST_CASE("the QAT scan computes exactly PTQ's step: same states and outputs, bit for bit") {
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  const std::size_t H = 3, M = 20, L = 50;
+  std::vector<float> ar(H * M), ai(H * M), br(H * M), bi(H * M), cr(H * M), ci(H * M), z(H * L);
+  for (std::size_t i = 0; i < H * M; ++i) {
+    const float mag = 0.9f + 0.1f * std::fabs(std::tanh(n(rng))), ph = n(rng);
+    ar[i] = mag * std::cos(ph);
+    ai[i] = mag * std::sin(ph);
+    br[i] = 0.3f * n(rng);
+    bi[i] = 0.3f * n(rng);
+    cr[i] = n(rng);
+    ci[i] = n(rng);
+  }
+  for (auto& v : z) v = 2.0f * n(rng);
+  const ssmq::quant::ssm_step_weights w{ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), H, M};
+  for (const int bits : {4, 6, 8, 16}) {
+    ssmq::quant_spec spec;
+    spec.bits = bits;
+    std::vector<ssmq::affine_params> params;
+    for (std::size_t h = 0; h < H; ++h) params.push_back(ssmq::params_from_range(-2.0f - h, 2.5f + h, spec));
+    const ssmq::quant::state_quantizer q{true, false, spec, params.data(), false, 3.0f, true};
+    std::vector<float> xr(H * M, 0.0f), xi(H * M, 0.0f), yt(H), y_ref(H * L), states_ref(L * H * 2 * M);
+    std::uint64_t c_ref = 0;
+    for (std::size_t k = 0; k < L; ++k) {
+      std::vector<float> zk(H);
+      for (std::size_t h = 0; h < H; ++h) zk[h] = z[h * L + k];
+      ssmq::quant::ssm_step_scalar(w, q, zk.data(), xr.data(), xi.data(), yt.data(), c_ref);
+      for (std::size_t h = 0; h < H; ++h) {
+        y_ref[h * L + k] = yt[h];
+        std::copy_n(xr.begin() + h * M, M, states_ref.begin() + (k * H + h) * 2 * M);
+        std::copy_n(xi.begin() + h * M, M, states_ref.begin() + (k * H + h) * 2 * M + M);
+      }
+    }
+    for (const bool simd : {false, true}) {
+      std::vector<float> y(H * L), states(L * H * 2 * M);
+      std::vector<std::int32_t> codes(L * H * M);
+      const auto c = simd ? ssmq::quant::qat_scan_forward<true>(w, q, z.data(), y.data(), L, L, states.data(), codes.data())
+                          : ssmq::quant::qat_scan_forward<false>(w, q, z.data(), y.data(), L, L, states.data(), codes.data());
+      INFO("bits=" << bits << " simd=" << simd);
+      CHECK(c == c_ref);
+      CHECK(std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)) == 0);
+      CHECK(std::memcmp(states.data(), states_ref.data(), states.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
 namespace {
 /// One head, M modes, Ā = 0.5, B̄ = 1, C̄ = 1 in every mode; an 8-bit state quantizer over
 /// [lo, hi]; returns the gradients of L = sum_k dy_k y_k for z, Ā, B̄.
