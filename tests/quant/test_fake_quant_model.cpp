@@ -11,29 +11,12 @@
 #include <ssmq/precision/paper_configs.hpp>
 #include <ssmq/quant/fake_quant_model.hpp>
 
+#include "../support/tiny_tasks.hpp"
+
 namespace {
 
-ssmq::data::image_dataset noise_images(std::size_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> px(0, 255);
-  std::vector<std::uint8_t> pixels(n * 36), labels(n);
-  for (auto& p : pixels) p = static_cast<std::uint8_t>(px(rng));
-  for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<std::uint8_t>(i % 3);
-  return ssmq::data::image_dataset(6, 6, std::move(pixels), std::move(labels), 3, "noise");
-}
-
-ssmq::s4d_model<float> small_model(ssmq::norm_placement norm = ssmq::norm_placement::none) {
-  ssmq::model_shape s;
-  s.heads = 5;
-  s.state_size = 12;
-  s.classes = 3;
-  s.layers = 2;
-  s.norm = norm;
-  ssmq::s4d_model<float> m(s);
-  std::mt19937_64 rng(4);
-  ssmq::init_model(m.params, ssmq::s4d_init::lin, rng);
-  return m;
-}
+using ssmq_test::noise_images;
+using ssmq_test::small_model;
 
 std::vector<float> float_logits(const ssmq::s4d_model<float>& m, const ssmq::data::batch& b) {
   std::vector<float> out(b.size * m.shape().classes);

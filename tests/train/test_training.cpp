@@ -15,23 +15,11 @@
 #include <ssmq/io/training_state.hpp>
 #include <ssmq/train/trainer.hpp>
 
+#include "../support/tiny_tasks.hpp"
+
 namespace {
 
-/// 28 "images" of 4x4 pixels per class: class 0 bright in the first half of the sequence,
-/// class 1 in the second half, class 2 dark (a task that needs memory over time).
-ssmq::data::image_dataset synthetic(std::size_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> noise(0, 40);
-  std::vector<std::uint8_t> pixels(n * 16), labels(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    labels[i] = static_cast<std::uint8_t>(i % 3);
-    for (std::size_t t = 0; t < 16; ++t) {
-      const bool bright = (labels[i] == 0 && t < 8) || (labels[i] == 1 && t >= 8);
-      pixels[i * 16 + t] = static_cast<std::uint8_t>((bright ? 200 : 0) + noise(rng));
-    }
-  }
-  return ssmq::data::image_dataset(4, 4, std::move(pixels), std::move(labels), 3, "synthetic");
-}
+using ssmq_test::synthetic;
 
 ssmq::model_shape tiny_shape() {
   ssmq::model_shape s;
