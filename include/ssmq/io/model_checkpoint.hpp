@@ -30,6 +30,45 @@ inline const char* norm_name(norm_placement n) {
   return n == norm_placement::pre ? "pre" : n == norm_placement::post ? "post" : "none";
 }
 inline const char* disc_name(discretization d) { return d == discretization::zoh ? "zoh" : "bilinear"; }
+}  // namespace detail
+
+/// The model shape and the input normalisation as metadata (every ssmq model file has them).
+inline void set_shape_metadata(safetensors_file& f, const model_shape& s, const data::normalisation& norm) {
+  set_metadata(f, "ssmq.layers", s.layers);
+  set_metadata(f, "ssmq.heads", s.heads);
+  set_metadata(f, "ssmq.state_size", s.state_size);
+  set_metadata(f, "ssmq.classes", s.classes);
+  set_metadata(f, "ssmq.inputs", s.inputs);
+  set_metadata(f, "ssmq.norm", detail::norm_name(s.norm));
+  set_metadata(f, "ssmq.input_mean", norm.mean);
+  set_metadata(f, "ssmq.input_std", norm.std);
+}
+
+/// The shape written by set_shape_metadata, every key checked.
+[[nodiscard]] inline model_shape shape_from_metadata(const safetensors_file& f) {
+  model_shape s;
+  s.layers = static_cast<std::size_t>(metadata_integer(f, "ssmq.layers", 1, 64));
+  s.heads = static_cast<std::size_t>(metadata_integer(f, "ssmq.heads", 1, 1 << 16));
+  s.state_size = static_cast<std::size_t>(metadata_integer(f, "ssmq.state_size", 2, 1 << 16));
+  s.classes = static_cast<std::size_t>(metadata_integer(f, "ssmq.classes", 2, 1 << 20));
+  s.inputs = static_cast<std::size_t>(metadata_integer(f, "ssmq.inputs", 1, 1 << 16));
+  const std::string& norm = metadata_string(f, "ssmq.norm");
+  if (norm == "none") s.norm = norm_placement::none;
+  else if (norm == "pre") s.norm = norm_placement::pre;
+  else if (norm == "post") s.norm = norm_placement::post;
+  else throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.norm = '", norm, "' (expected none, pre or post)"));
+  if (s.state_size % 2 != 0) throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.state_size must be even"));
+  return s;
+}
+
+/// The input normalisation written by set_shape_metadata.
+[[nodiscard]] inline data::normalisation normalisation_from_metadata(const safetensors_file& f) {
+  data::normalisation n{metadata_double(f, "ssmq.input_mean"), metadata_double(f, "ssmq.input_std")};
+  if (!(n.std > 0.0)) throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.input_std must be > 0"));
+  return n;
+}
+
+namespace detail {
 
 /// Calls f(name, shape, pointer-or-pair) for each reference tensor of a model; C is handled
 /// by the callers (it interleaves C_re and C_im).
@@ -75,43 +114,23 @@ inline safetensors_file to_safetensors(const s4d_model<float>& model, const data
     f.tensors["s4_layers." + std::to_string(i) + ".kernel.C"] = std::move(c);
   }
   set_metadata(f, "ssmq.format", "ssmq-s4d-float/1");
-  set_metadata(f, "ssmq.layers", s.layers);
-  set_metadata(f, "ssmq.heads", s.heads);
-  set_metadata(f, "ssmq.state_size", s.state_size);
-  set_metadata(f, "ssmq.classes", s.classes);
-  set_metadata(f, "ssmq.inputs", s.inputs);
-  set_metadata(f, "ssmq.norm", detail::norm_name(s.norm));
+  set_shape_metadata(f, s, norm);
   set_metadata(f, "ssmq.discretization", detail::disc_name(model.options.disc));
   set_metadata(f, "ssmq.dropout", model.options.dropout);
-  set_metadata(f, "ssmq.input_mean", norm.mean);
-  set_metadata(f, "ssmq.input_std", norm.std);
   return f;
 }
 
 /// A model from a loaded safetensors_file: every name, shape and metadata key is checked and
 /// extra tensors are an error (names in `allowed_extra` excepted, e.g. optimizer state).
 inline model_checkpoint from_safetensors(const safetensors_file& f, const std::set<std::string>& allowed_extra = {}) {
-  model_shape s;
-  s.layers = static_cast<std::size_t>(metadata_integer(f, "ssmq.layers", 1, 64));
-  s.heads = static_cast<std::size_t>(metadata_integer(f, "ssmq.heads", 1, 1 << 16));
-  s.state_size = static_cast<std::size_t>(metadata_integer(f, "ssmq.state_size", 2, 1 << 16));
-  s.classes = static_cast<std::size_t>(metadata_integer(f, "ssmq.classes", 2, 1 << 20));
-  s.inputs = static_cast<std::size_t>(metadata_integer(f, "ssmq.inputs", 1, 1 << 16));
-  const std::string& norm = metadata_string(f, "ssmq.norm");
-  if (norm == "none") s.norm = norm_placement::none;
-  else if (norm == "pre") s.norm = norm_placement::pre;
-  else if (norm == "post") s.norm = norm_placement::post;
-  else throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.norm = '", norm, "' (expected none, pre or post)"));
-  if (s.state_size % 2 != 0) throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.state_size must be even"));
+  const model_shape s = shape_from_metadata(f);
   model_options opts;
   const std::string& disc = metadata_string(f, "ssmq.discretization");
   if (disc == "zoh") opts.disc = discretization::zoh;
   else if (disc == "bilinear") opts.disc = discretization::bilinear;
   else throw checkpoint_error(cat("ssmq: ", f.source, ": metadata ssmq.discretization = '", disc, "' (expected zoh or bilinear)"));
   opts.dropout = metadata_double(f, "ssmq.dropout");
-  model_checkpoint ck{s4d_model<float>(s, opts), {}};
-  ck.input_norm.mean = metadata_double(f, "ssmq.input_mean");
-  ck.input_norm.std = metadata_double(f, "ssmq.input_std");
+  model_checkpoint ck{s4d_model<float>(s, opts), normalisation_from_metadata(f)};
   std::set<std::string> expected = allowed_extra;
   detail::for_each_reference_tensor(ck.model.params, [&](const std::string& name, std::vector<std::size_t> shape,
                                                          std::vector<float>* v) {

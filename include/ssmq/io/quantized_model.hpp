@@ -322,17 +322,10 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   detail::walk_quantized(p, writer);
   const model_shape& s = p.shape;
   set_metadata(f, "ssmq.format", quantized_format);
-  set_metadata(f, "ssmq.layers", s.layers);
-  set_metadata(f, "ssmq.heads", s.heads);
-  set_metadata(f, "ssmq.state_size", s.state_size);
-  set_metadata(f, "ssmq.classes", s.classes);
-  set_metadata(f, "ssmq.inputs", s.inputs);
-  set_metadata(f, "ssmq.norm", detail::norm_name(s.norm));
+  set_shape_metadata(f, s, norm);
   set_metadata(f, "ssmq.precision", name);
   set_metadata(f, "ssmq.gelu", p.use_qgelu ? "qgelu" : "gelu");
   set_metadata(f, "ssmq.complex", p.complex_form == quant::complex_format::polar ? "polar" : "re_im");
-  set_metadata(f, "ssmq.input_mean", norm.mean);
-  set_metadata(f, "ssmq.input_std", norm.std);
   return f;
 }
 
@@ -344,17 +337,7 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   if (format != quantized_format)
     detail::fail(f.source, "metadata 'ssmq.format' = '", format, "': not a quantized model (expected '",
                  quantized_format, "')");
-  model_shape s;
-  s.layers = static_cast<std::size_t>(metadata_integer(f, "ssmq.layers", 1, 64));
-  s.heads = static_cast<std::size_t>(metadata_integer(f, "ssmq.heads", 1, 1 << 16));
-  s.state_size = static_cast<std::size_t>(metadata_integer(f, "ssmq.state_size", 2, 1 << 16));
-  s.classes = static_cast<std::size_t>(metadata_integer(f, "ssmq.classes", 2, 1 << 20));
-  s.inputs = static_cast<std::size_t>(metadata_integer(f, "ssmq.inputs", 1, 1 << 16));
-  if (s.state_size % 2 != 0) detail::fail(f.source, "metadata 'ssmq.state_size' must be even");
-  const std::string& norm = metadata_string(f, "ssmq.norm");
-  if (norm == "pre") s.norm = norm_placement::pre;
-  else if (norm == "post") s.norm = norm_placement::post;
-  else if (norm != "none") detail::fail(f.source, "metadata 'ssmq.norm' = '", norm, "' (expected none, pre or post)");
+  const model_shape s = shape_from_metadata(f);
   precision_spec spec;
   const std::string& config = metadata_string(f, "ssmq.precision");
   try {
@@ -364,8 +347,7 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   }
   const bool qgelu = detail::metadata_choice(f, "ssmq.gelu", "qgelu", "gelu");
   const bool polar = detail::metadata_choice(f, "ssmq.complex", "polar", "re_im");
-  data::normalisation input_norm{metadata_double(f, "ssmq.input_mean"), metadata_double(f, "ssmq.input_std")};
-  if (!(input_norm.std > 0.0)) detail::fail(f.source, "metadata 'ssmq.input_std' must be > 0");
+  const data::normalisation input_norm = normalisation_from_metadata(f);
 
   quant::fake_quant_parts p =
       quant::unfitted_parts(s, spec, qgelu, polar ? quant::complex_format::polar : quant::complex_format::re_im);
