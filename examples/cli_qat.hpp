@@ -9,6 +9,7 @@
 // the chosen model as a quantized model file, <out>.quant.safetensors (integer levels, scales,
 // zero-points; `ssmq eval --model` reproduces its accuracy).
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -28,7 +29,7 @@ struct qat_args {
   std::string model, data = "data/mnist", config = "all8", param = "discrete", out, results, name;
   std::size_t epochs = 10, batch = 64, threads = 2, micro_batch = 16, calib_batches = 4, calib_batch = 32;
   std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
-  double lr = 1e-3;
+  double lr = 1e-3, range_momentum = 0.0;
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -52,16 +53,20 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--train-limit", a.train_limit, "use only the first N training sequences");
   cmd->add_option("--val-limit", a.val_limit, "validate on only the first N validation sequences");
   cmd->add_option("--test-limit", a.test_limit, "test on only the first N test sequences");
+  cmd->add_option("--range-momentum", a.range_momentum,
+                  "0: activation ranges stay as calibrated (default); > 0: moving average of each step's min/max");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
 }
 
 inline std::string qat_fingerprint(const qat_args& a) {
-  char buf[320];
+  char buf[384];
   std::snprintf(buf, sizeof buf, "config=%s param=%s epochs=%zu batch=%zu lr=%.17g seed=%llu threads=%zu micro=%zu calib=%zux%zu limit=%zu",
                 a.config.c_str(), a.param.c_str(), a.epochs, a.batch, a.lr, static_cast<unsigned long long>(a.seed),
                 a.threads, a.micro_batch, a.calib_batches, a.calib_batch, a.train_limit);
+  if (a.range_momentum > 0.0)  // runs without the option keep their fingerprint (and resume)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " range_momentum=%.17g", a.range_momentum);
   return buf;
 }
 
@@ -89,6 +94,7 @@ inline int run_qat(const qat_args& a) {
   o.micro_batch = a.micro_batch;
   o.adam.lr = a.lr;
   o.adam.ssm_lr = a.lr;
+  o.range_momentum = a.range_momentum;
   const fs::path out(a.out), state(a.out + ".train-state");
   double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
   std::size_t best_epoch = 0;

@@ -6,6 +6,7 @@
 // deterministic.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -465,49 +466,90 @@ TEST_CASE("a QAT checkpoint round-trips: same shadows, same calibration, same lo
 }
 
 TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an uninterrupted one") {
-  const auto train_set = ssmq_test::synthetic(60, 21);
-  const auto norm = ssmq::data::compute_normalisation(train_set);
-  ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
-  const auto m = ssmq_test::small_model();
-  ssmq::quant::qat_options o;
-  o.epochs = 3;
-  o.threads = 2;
-  o.micro_batch = 6;
-  const ssmq::io::model_checkpoint pre{m, norm};
-  auto fresh = [&] {
-    ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::continuous);
-    q.calibrate(tb, 1, 1);
-    return q;
-  };
-  auto whole = fresh();
-  ssmq::train::adam<float> opt(whole.shadows, o.adam);
-  ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+  for (const double momentum : {0.0, 0.1}) {
+    INFO("range momentum " << momentum);
+    const auto train_set = ssmq_test::synthetic(60, 21);
+    const auto norm = ssmq::data::compute_normalisation(train_set);
+    ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
+    const auto m = ssmq_test::small_model();
+    ssmq::quant::qat_options o;
+    o.epochs = 3;
+    o.threads = 2;
+    o.micro_batch = 6;
+    o.range_momentum = momentum;
+    const ssmq::io::model_checkpoint pre{m, norm};
+    auto fresh = [&] {
+      ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::continuous);
+      q.calibrate(tb, 1, 1);
+      return q;
+    };
+    auto whole = fresh();
+    ssmq::train::adam<float> opt(whole.shadows, o.adam);
+    ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
 
-  // Interrupted after the first epoch: its state goes through bytes, then the run continues.
-  struct stop {};
-  std::vector<std::uint8_t> saved;
-  auto first = fresh();
-  ssmq::train::adam<float> opt1(first.shadows, o.adam);
-  CHECK_THROWS_AS(ssmq::quant::qat_train(first, opt1, tb, nullptr, o,
-                                         [&](const ssmq::quant::qat_epoch_stats&) {
-                                           auto f = ssmq::io::to_safetensors(pre, first);
-                                           ssmq::io::add_optimizer_state(f, first.shadows, opt1);
-                                           saved = ssmq::io::to_bytes(f);
-                                           throw stop{};
-                                         }),
-                  stop);
-  const auto f = ssmq::io::from_bytes(saved, "memory");
-  auto resumed = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
-  ssmq::train::adam<float> opt2(resumed.shadows, o.adam);
-  ssmq::io::restore_optimizer_state(f, resumed.shadows, opt2);
-  auto o2 = o;
-  o2.first_epoch = 1;
-  ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {});
-  const tensors a = named(whole.shadows), b = named(resumed.shadows);
-  for (const auto& entry : a) {
-    const std::string& n = entry.first;
-    const std::vector<float>& v = entry.second;
-    INFO(n);
-    CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
+    // Interrupted after the first epoch: its state goes through bytes, then the run continues.
+    struct stop {};
+    std::vector<std::uint8_t> saved;
+    auto first = fresh();
+    ssmq::train::adam<float> opt1(first.shadows, o.adam);
+    CHECK_THROWS_AS(ssmq::quant::qat_train(first, opt1, tb, nullptr, o,
+                                           [&](const ssmq::quant::qat_epoch_stats&) {
+                                             auto f = ssmq::io::to_safetensors(pre, first);
+                                             ssmq::io::add_optimizer_state(f, first.shadows, opt1);
+                                             saved = ssmq::io::to_bytes(f);
+                                             throw stop{};
+                                           }),
+                    stop);
+    const auto f = ssmq::io::from_bytes(saved, "memory");
+    auto resumed = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
+    ssmq::train::adam<float> opt2(resumed.shadows, o.adam);
+    ssmq::io::restore_optimizer_state(f, resumed.shadows, opt2);
+    auto o2 = o;
+    o2.first_epoch = 1;
+    ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {});
+    const tensors a = named(whole.shadows), b = named(resumed.shadows);
+    for (const auto& entry : a) {
+      const std::string& n = entry.first;
+      const std::vector<float>& v = entry.second;
+      INFO(n);
+      CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+TEST_CASE("activation ranges stay as calibrated by default; with a momentum they follow each step's min/max") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(8, 9);
+  ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {8, ssmq::data::batch_order::sequential, 0, false});
+  const auto batch = first_batch(b);
+  auto params_of = [](ssmq::quant::qat_model& q) {
+    std::map<std::string, std::vector<ssmq::affine_params>> p;
+    q.for_each_activation_point([&](const std::string& n, ssmq::quant::point_quantizer& pq) { p[n] = pq.params; });
+    return p;
+  };
+  for (const double momentum : {0.0, 1.0}) {
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name("all8"), abar_parameterization::discrete);
+    q.calibrate(b, 1, 1);
+    const auto before = params_of(q);
+    ssmq::quant::qat_options o;
+    o.threads = 2;
+    o.micro_batch = 3;
+    o.range_momentum = momentum;
+    ssmq::train::adam<float> opt(q.shadows, o.adam);
+    ssmq::quant::qat_workspace ws;
+    ssmq::quant::qat_train_step(q, opt, batch, o, 1.0, ws);
+    const auto after = params_of(q);
+    INFO("momentum " << momentum);
+    CHECK(after.at("layers.0.state") == before.at("layers.0.state"));  // the state's range never moves
+    if (momentum == 0.0) {
+      CHECK(after == before);
+    } else {
+      // Momentum 1: the range is the step's own min/max, e.g. of the encoder's inputs.
+      const auto [lo, hi] = std::minmax_element(batch.inputs.begin(), batch.inputs.end());
+      const auto expected = ssmq::params_from_range(*lo, *hi, ssmq::precision_from_name("all8")[ssmq::component::acts]);
+      REQUIRE(after.at("enc_in").size() == 1);
+      CHECK(after.at("enc_in")[0] == expected);
+      CHECK(after.at("layers.0.lin_in") != before.at("layers.0.lin_in"));
+    }
   }
 }

@@ -4,6 +4,8 @@
 //   qat.<name>                    every shadow (qat_params::for_each names), float32
 //   qat.act.<point>.scale / .zero_point   each frozen activation / state quantizer
 //                                 (per head or one value; zero-points are exact in float32)
+//   qat.act.<point>.track_lo / .track_hi   the running ranges of the moving-average option
+//                                 (only when it is in use)
 // and the metadata qat.config (precision name), qat.parameterization, qat.qgelu. Loading
 // rebuilds the qat_model exactly (same shadows, same calibration).
 #include <cmath>
@@ -34,6 +36,16 @@ struct qat_checkpoint {
     }
     f.tensors["qat.act." + name + ".scale"] = {{scale.size()}, scale};
     f.tensors["qat.act." + name + ".zero_point"] = {{zp.size()}, zp};
+  });
+  // The moving-average option's running ranges, when it is in use (a resumed run continues them).
+  std::size_t k = 0;
+  q.for_each_activation_point([&](const std::string& name, quant::point_quantizer&) {
+    if (k < q.range_tracks().size() && !q.range_tracks()[k].lo.empty()) {
+      const auto& t = q.range_tracks()[k];
+      f.tensors["qat.act." + name + ".track_lo"] = {{t.lo.size()}, t.lo};
+      f.tensors["qat.act." + name + ".track_hi"] = {{t.hi.size()}, t.hi};
+    }
+    ++k;
   });
   set_metadata(f, "qat.config", std::string(q.spec().name().view()));
   set_metadata(f, "qat.parameterization", std::string(quant::to_string(q.parameterization())));
@@ -68,6 +80,20 @@ struct qat_checkpoint {
       p.params.push_back({scale[i], 1.0f / scale[i], static_cast<std::int32_t>(zp[i])});
     }
   });
+  bool tracked = false;
+  for (const auto& [name, t] : f.tensors) tracked = tracked || name.ends_with(".track_lo");
+  if (tracked) {
+    q.start_range_tracks();
+    std::size_t k = 0;
+    q.for_each_activation_point([&](const std::string& name, quant::point_quantizer& p) {
+      auto& t = q.range_tracks()[k++];
+      if (!p.active()) return;
+      const auto lo = expect_tensor(f, "qat.act." + name + ".track_lo", {t.lo.size()});
+      const auto hi = expect_tensor(f, "qat.act." + name + ".track_hi", {t.hi.size()});
+      t.lo.assign(lo.begin(), lo.end());
+      t.hi.assign(hi.begin(), hi.end());
+    });
+  }
   return {std::move(pre), std::move(q)};
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -86,6 +87,11 @@ struct qat_grads {
   }
 };
 
+/// The running range [lo, hi] of one activation point: per head, or one for per-tensor.
+struct range_track {
+  std::vector<float> lo, hi;
+};
+
 /// What forward() records for backward(), per thread (reused across micro-batches).
 struct qat_cache {
   struct layer {
@@ -98,6 +104,10 @@ struct qat_cache {
   std::vector<float> enc;
   std::vector<layer> layers;
   std::vector<float> pooled, pooled_q;
+  /// With observe_ranges, each activation point's min/max over this thread's micro-batches
+  /// (for_each_activation_point order; cleared by the caller at each step).
+  bool observe_ranges = false;
+  std::vector<range_track> seen;
 };
 
 class qat_model {
@@ -156,6 +166,50 @@ class qat_model {
       for (const auto* q : {&a.ssm_in, &a.state, &a.y, &a.y_out, &a.lin_in})
         if (!ok(*q)) return false;
     return true;
+  }
+
+  /// The moving-average option: after a training step, each activation point's range moves
+  /// toward the min/max its values had in that step, lo += momentum (batch_lo - lo) (same for
+  /// hi), and its parameters follow. The state's range stays as calibrated: QAT only sees the
+  /// state after its quantizer, whose range it cannot grow beyond.
+  void track_ranges(const std::vector<qat_cache>& caches, double momentum) {
+    if (tracks_.empty()) start_range_tracks();
+    std::size_t k = 0;
+    for_each_activation_point([&](const std::string& name, point_quantizer& q) {
+      range_track& t = tracks_[k];
+      const std::size_t idx = k++;
+      if (!q.active() || name.ends_with(".state")) return;
+      for (std::size_t h = 0; h < t.lo.size(); ++h) {
+        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+        for (const auto& c : caches)
+          if (idx < c.seen.size() && !c.seen[idx].lo.empty()) {
+            lo = std::min(lo, c.seen[idx].lo[h]);
+            hi = std::max(hi, c.seen[idx].hi[h]);
+          }
+        if (!(lo <= hi)) continue;  // nothing seen
+        t.lo[h] = static_cast<float>(t.lo[h] + momentum * (static_cast<double>(lo) - t.lo[h]));
+        t.hi[h] = static_cast<float>(t.hi[h] + momentum * (static_cast<double>(hi) - t.hi[h]));
+        q.params[h] = params_from_range(t.lo[h], t.hi[h], q.spec);
+      }
+    });
+  }
+  /// The running ranges of the moving-average option (empty until it is used), for saving
+  /// and restoring a run.
+  [[nodiscard]] std::vector<range_track>& range_tracks() noexcept { return tracks_; }
+  /// Starts the running ranges at the calibrated ones (the range each point's levels cover).
+  void start_range_tracks() {
+    tracks_.clear();
+    for_each_activation_point([&](const std::string&, point_quantizer& q) {
+      range_track t;
+      if (q.active()) {
+        const int_limits lim = q.spec.limits();
+        for (const auto& p : q.params) {
+          t.lo.push_back(kernels::scalar::dequantize_value(static_cast<std::int32_t>(lim.qmin), p));
+          t.hi.push_back(kernels::scalar::dequantize_value(static_cast<std::int32_t>(lim.qmax), p));
+        }
+      }
+      tracks_.push_back(std::move(t));
+    });
   }
 
   /// Static calibration of every activation point and of the state, exactly as PTQ does it
@@ -297,6 +351,8 @@ class qat_model {
     for (std::size_t b = 0; b < B; ++b)
       for (std::size_t l = 0; l < L; ++l)
         for (std::size_t ch = 0; ch < CI; ++ch) c.x[(b * CI + ch) * L + l] = x[(b * L + l) * CI + ch];
+    if (c.observe_ranges) c.seen.resize(2 + 5 * s.layers);
+    observe(c, 0, q_enc_in_, c.x, L);
     c.xq = c.x;
     fake_quant_acts(q_enc_in_, c.xq, L);
     c.enc.resize(n);
@@ -318,6 +374,7 @@ class qat_model {
       } else {
         lc.z0 = lc.in;
       }
+      observe(c, 2 + 5 * li, a.ssm_in, lc.z0, L);
       lc.z = lc.z0;
       fake_quant_acts(a.ssm_in, lc.z, L);
       lc.y.resize(n);
@@ -334,6 +391,7 @@ class qat_model {
       lc.yc = lc.y;
       if (a.y.active())
         for (auto& v : lc.yc) v = std::clamp(v, -ssm_output_clamp, ssm_output_clamp);
+      observe(c, 2 + 5 * li + 2, a.y, lc.yc, L);
       lc.y2 = lc.yc;
       fake_quant_acts(a.y, lc.y2, L);
       for (std::size_t b = 0; b < B; ++b)
@@ -341,10 +399,12 @@ class qat_model {
           const std::size_t row = (b * H + h) * L;
           for (std::size_t l = 0; l < L; ++l) lc.y2[row + l] = lc.y2[row + l] + pl.d[h] * lc.z[row + l];
         }
+      observe(c, 2 + 5 * li + 3, a.y_out, lc.y2, L);
       lc.y2q = lc.y2;
       fake_quant_acts(a.y_out, lc.y2q, L);
       lc.g.resize(n);
       for (std::size_t i = 0; i < n; ++i) lc.g[i] = use_qgelu_ ? qgelu(lc.y2q[i]) : nn::gelu(lc.y2q[i]);
+      observe(c, 2 + 5 * li + 4, a.lin_in, lc.g, L);
       lc.gq = lc.g;
       fake_quant_acts(a.lin_in, lc.gq, L);
       lc.o.resize(2 * n);
@@ -368,6 +428,7 @@ class qat_model {
       for (std::size_t l = 0; l < L; ++l) sum += in[r * L + l];
       c.pooled[r] = sum / static_cast<float>(L);
     }
+    observe(c, 1, q_dec_in_, c.pooled, 1);
     c.pooled_q = c.pooled;
     fake_quant_acts(q_dec_in_, c.pooled_q, 1);
     nn::linear_forward(pp.dec, c.pooled_q.data(), logits, B, 1);
@@ -531,6 +592,23 @@ class qat_model {
     for (std::size_t i = 0; i < g.size(); ++i) out[i] = g[i] * mask[i];
   }
 
+  /// Widens the cache's seen range of point `idx` by the values v [outer, heads, inner].
+  static void observe(qat_cache& c, std::size_t idx, const point_quantizer& q, const std::vector<float>& v,
+                      std::size_t inner) {
+    if (!c.observe_ranges || !q.active()) return;
+    range_track& t = c.seen[idx];
+    const std::size_t n = q.spec.gran == granularity::per_tensor ? 1 : q.heads;
+    if (t.lo.empty()) {
+      t.lo.assign(n, std::numeric_limits<float>::infinity());
+      t.hi.assign(n, -std::numeric_limits<float>::infinity());
+    }
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const std::size_t h = n == 1 ? 0 : (i / inner) % q.heads;
+      t.lo[h] = std::min(t.lo[h], v[i]);
+      t.hi[h] = std::max(t.hi[h], v[i]);
+    }
+  }
+
   /// Fake-quantizes activations [outer, heads, inner] in place (vectorized).
   void fake_quant_acts(const point_quantizer& q, std::vector<float>& v, std::size_t inner) const {
     if (!q.active()) return;
@@ -583,6 +661,7 @@ class qat_model {
   bool scalar_reference_ = false;
   point_quantizer q_enc_in_, q_dec_in_;
   std::vector<qat_act_points> acts_;
+  std::vector<range_track> tracks_;  ///< the moving-average option's running ranges
 };
 
 }  // namespace ssmq::quant

@@ -28,6 +28,9 @@ struct qat_options {
   std::size_t micro_batch = 16;  ///< sequences per forward/backward call inside a share
   train::adam_options adam{.lr = 1e-3, .ssm_lr = 1e-3};
   std::size_t first_epoch = 0;   ///< > 0 when resuming
+  /// 0: activation ranges stay as calibrated (the default, the paper's pipeline); > 0: they
+  /// follow a moving average of each step's min/max with this momentum (qat_model::track_ranges).
+  double range_momentum = 0.0;
 };
 
 /// Per-thread buffers of a QAT run, kept across steps.
@@ -57,6 +60,8 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   std::vector<std::uint64_t> clamped(o.threads, 0);
   train::parallel_for(o.threads, [&](std::size_t t) {
     ws.grads[t].zero();
+    ws.caches[t].observe_ranges = o.range_momentum > 0.0;
+    ws.caches[t].seen.clear();
     std::vector<float> logits, dlogits;
     const auto [lo, hi] = train::share(b.size, o.threads, t);
     for (std::size_t m = lo; m < hi; m += o.micro_batch) {
@@ -74,6 +79,7 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   for (std::size_t t = 1; t < o.threads; ++t) ws.grads[0].add(ws.grads[t]);
   model.finish_backward(pp, ws.grads[0], ws.shadow_grads);
   opt.step(model.shadows, ws.shadow_grads, lr_scale);
+  if (o.range_momentum > 0.0) model.track_ranges(ws.caches, o.range_momentum);
   qat_step_result r;
   for (std::size_t t = 0; t < o.threads; ++t) {
     r.loss += losses[t];
