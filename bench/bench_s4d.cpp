@@ -15,8 +15,9 @@
 //   s4d/train_step/{conv,recurrent}/model:<m>/batch:<B>
 //       prepare + forward (recording the cache) + cross-entropy + backward + finish_backward
 //       on B sequences, one thread, no optimizer; items = samples. B = 64, except recurrent
-//       mode of the 4-layer model: B = 16 (recurrent training keeps every state, B*L*H*N/2
-//       complex values per layer: 3.3 GB at B = 64 for that model).
+//       mode of the 4-layer model: B = 16, kept from when recurrent training stored every
+//       state (B*L*H*N/2 complex values per layer: 3.3 GB at B = 64 for that model); the
+//       checkpointed BPTT now keeps about sqrt(L) states per sequence instead.
 //   s4d/train_step/{conv,recurrent}/model:<m>/batch:<B>/threads:2
 //       ssmq::train::train_step (what the trainer runs per batch: prepare, two threads of
 //       forward/backward on micro-batches of 64, reduction, finish_backward, Adam) on random
@@ -24,6 +25,12 @@
 //   s4d/evaluate/{conv,recurrent}/model:<m>/batch:500/threads:2
 //       ssmq::train::evaluate over a synthetic image_dataset of 1000 random 28x28 images
 //       (two batches of 500); real time; items = samples.
+//   s4d/causal_conv/{forward,backward}/{fft,direct}/L:784/batch:64/heads:16
+//       the causal convolution of conv mode alone, FFT (fft_conv.hpp, FFTW) against the
+//       direct register-blocked form (causal_conv.hpp), side by side: forward y = K * u, and
+//       backward du = K ⋆ dy plus dK = sum_b dy ⋆ u (for the FFT including the inverse
+//       transform of dK); one thread; items = sequences x heads. The kernel is a decaying S4D
+//       kernel of the paper's model; both forms are checked against each other first.
 //   cpu/fma_peak/f32/lanes:<W>
 //       12 independent chains of W-lane fused multiply-adds (ssmq::simd::fmadd): the fp32 FMA
 //       throughput one core reaches here, to put the FLOP/s of the kernels beside. (In an SSE2
@@ -47,6 +54,8 @@
 #include <ssmq/data/batcher.hpp>
 #include <ssmq/data/dataset.hpp>
 #include <ssmq/nn/loss.hpp>
+#include <ssmq/s4d/causal_conv.hpp>
+#include <ssmq/s4d/fft_conv.hpp>
 #include <ssmq/s4d/model.hpp>
 #include <ssmq/s4d/recurrent.hpp>
 #include <ssmq/simd/fma.hpp>
@@ -273,6 +282,53 @@ void bm_evaluate(benchmark::State& state, const ssmq::model_shape& s, ssmq::ssm_
   set_items(state, images);
 }
 
+enum class conv_form { fft, direct };
+enum class conv_pass { forward, backward };
+
+void bm_causal_conv(benchmark::State& state, conv_form form, conv_pass pass) {
+  constexpr std::size_t B = 64, H = 16, L = kLength;
+  const auto model = make_model(make_shape(1, H, 64));
+  const auto prep = model.prepare(ssmq::ssm_mode::convolutional, L);
+  const std::vector<float>& K = prep.K[0];
+  const std::vector<float> u = normal_values(B * H * L, 20), dy = normal_values(B * H * L, 21);
+  const ssmq::fft_causal_conv<float> fft(K.data(), H, L);
+  ssmq::fft_conv_workspace<float> ws;
+  std::vector<float> y(B * H * L), du(B * H * L, 0.0f), dK(H * L, 0.0f);
+  auto run = [&](conv_form f) {
+    if (pass == conv_pass::forward) {
+      if (f == conv_form::fft) fft.forward(u.data(), y.data(), B, ws);
+      else ssmq::causal_conv_forward(K.data(), u.data(), y.data(), B, H, L);
+    } else if (f == conv_form::fft) {
+      fft.backward(u.data(), dy.data(), du.data(), B, ws);
+      fft.kernel_grad(ws, dK.data());
+    } else {
+      ssmq::causal_conv_backward(K.data(), u.data(), dy.data(), du.data(), dK.data(), B, H, L);
+    }
+  };
+  {  // the other form's result, for a check
+    const conv_form other = form == conv_form::fft ? conv_form::direct : conv_form::fft;
+    run(other);
+    const std::vector<float> ref = pass == conv_pass::forward ? y : du;
+    std::fill(du.begin(), du.end(), 0.0f);
+    run(form);
+    const std::vector<float>& got = pass == conv_pass::forward ? y : du;
+    double worst = 0.0, scale = 0.0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      worst = std::max(worst, std::fabs(double(got[i]) - ref[i]));
+      scale = std::max(scale, std::fabs(double(ref[i])));
+    }
+    if (!(worst <= 1e-5 * scale)) state.SkipWithError("FFT and direct convolution disagree");
+  }
+  for (auto _ : state) {
+    run(form);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(du.data());
+    benchmark::ClobberMemory();
+  }
+  set_items(state, B * H);
+  state.counters["fft_size"] = static_cast<double>(fft.size());
+}
+
 void bm_fma_peak(benchmark::State& state) {
   using batch = xsimd::batch<float>;
   constexpr std::size_t chains = 12, rounds = 1000;
@@ -358,6 +414,13 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark(("cpu/fma_peak/f32/lanes:" + std::to_string(xsimd::batch<float>::size)).c_str(),
                                bm_fma_peak);
   for (const model_case& m : kModels) register_model(m);
+  for (const conv_pass pass : {conv_pass::forward, conv_pass::backward})
+    for (const conv_form form : {conv_form::fft, conv_form::direct}) {
+      const std::string name = std::string("s4d/causal_conv/") + (pass == conv_pass::forward ? "forward" : "backward") +
+                               "/" + (form == conv_form::fft ? "fft" : "direct") + "/L:784/batch:64/heads:16";
+      benchmark::RegisterBenchmark(name.c_str(), [form, pass](benchmark::State& st) { bm_causal_conv(st, form, pass); })
+          ->Unit(benchmark::kMillisecond);
+    }
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -53,7 +53,7 @@ def build(build_dir):
 def run_ssmq(build_dir, models, quick, out_json):
     # Google Benchmark's filter is a POSIX extended regex (no "\-" escapes): model names are
     # plain [a-z0-9-] words.
-    pattern = "cpu/fma_peak|model:(" + "|".join(models) + ")/"
+    pattern = "cpu/fma_peak|s4d/causal_conv/|model:(" + "|".join(models) + ")/"
     args = [str(build_dir / "bench" / "bench_s4d"), "--benchmark_filter=" + pattern,
             "--benchmark_out=" + str(out_json), "--benchmark_out_format=json"]
     if quick:
@@ -208,6 +208,21 @@ def single_thread_table(model, ssmq):
     return "\n".join(lines)
 
 
+def conv_table(ssmq):
+    """The causal convolution alone, FFT against the direct form (bench_s4d's s4d/causal_conv)."""
+    lines = ["| pass | FFT | direct | speed-up (direct / FFT) |", "|---|--:|--:|--:|"]
+    found = False
+    for pass_ in ("forward", "backward"):
+        f = ssmq.get(f"s4d/causal_conv/{pass_}/fft/L:784/batch:64/heads:16")
+        d = ssmq.get(f"s4d/causal_conv/{pass_}/direct/L:784/batch:64/heads:16")
+        if not f or not d:
+            continue
+        found = True
+        lines.append(f"| {pass_} | {f['cpu_ns'] / 1e6:.2f} ms | {d['cpu_ns'] / 1e6:.2f} ms | "
+                     f"{d['cpu_ns'] / f['cpu_ns']:.2f}x |")
+    return "\n".join(lines) if found else None
+
+
 def report(ctx, ssmq, torch_results, models):
     info = cpu_info()
     mhz = float(info.get("cpu MHz", "0") or 0)
@@ -230,6 +245,10 @@ def report(ctx, ssmq, torch_results, models):
         print(model_table(m, ssmq, t))
         print()
         print(single_thread_table(m, ssmq))
+    conv = conv_table(ssmq)
+    if conv:
+        print("\n### Causal convolution, L = 784, 64 sequences x 16 heads (one thread)\n")
+        print(conv)
     print("\n### Recurrent kernel FLOP/s vs peak (one core)\n")
     peak_nominal = fpc * mhz / 1e3
     for m in models:

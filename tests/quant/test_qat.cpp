@@ -456,11 +456,11 @@ TEST_CASE("a QAT checkpoint round-trips: same shadows, same calibration, same lo
     // A missing shadow and a non-positive scale are named.
     auto missing = file;
     missing.tensors.erase(missing.tensors.find("qat.s4_layers.0.kernel.C_re"));
-    CHECK_THROWS_WITH_AS(ssmq::io::qat_from_safetensors(missing), doctest::Contains("qat.s4_layers.0.kernel.C_re"),
+    CHECK_THROWS_WITH_AS((void)ssmq::io::qat_from_safetensors(missing), doctest::Contains("qat.s4_layers.0.kernel.C_re"),
                          std::exception);
     auto bad_scale = file;
     bad_scale.tensors.at("qat.act.layers.0.state.scale").values[0] = 0.0f;
-    CHECK_THROWS_WITH_AS(ssmq::io::qat_from_safetensors(bad_scale), doctest::Contains("qat.act.layers.0.state"),
+    CHECK_THROWS_WITH_AS((void)ssmq::io::qat_from_safetensors(bad_scale), doctest::Contains("qat.act.layers.0.state"),
                          std::exception);
   }
 }

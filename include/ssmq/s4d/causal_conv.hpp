@@ -4,7 +4,9 @@
 //   forward   y[l]  = sum_{k<=l} K[k] u[l-k]
 //   backward  du[j] = sum_{k<=L-1-j} K[k] dy[j+k]      (correlation with the kernel)
 //             dK[k] += sum_{l>=k} dy[l] u[l-k]          (summed over the batch)
-// Direct form (L^2/2 multiply-adds per sequence and head). Each output is computed
+// Direct form (L^2/2 multiply-adds per sequence and head); the model convolves by FFT by
+// default (fft_conv.hpp, faster at L = 784) and keeps this form selectable
+// (conv_algorithm::direct) and as the check of the FFT. Each output is computed
 // "output-stationary": R vectors of consecutive outputs stay in registers while the inner
 // loop streams one broadcast coefficient and one unaligned load per vector - about twice the
 // arithmetic per memory access of an axpy formulation. Inputs are copied into zero-padded

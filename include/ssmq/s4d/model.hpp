@@ -7,6 +7,10 @@
 //   prepare() once (discretise, kernels) -> forward()/backward() on sub-batches (threads may
 //   run several, each with its own cache and gradient buffers) -> reduce -> finish_backward()
 //   once (kernel and discretisation backward, O(H M L)).
+// forward() and backward() run one sample at a time through every layer, so that the
+// activations being worked on ([H, L] per sample) stay in cache; all buffers live in the
+// forward_cache and are reused from call to call.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +24,7 @@
 #include "../nn/linear.hpp"
 #include "causal_conv.hpp"
 #include "discretize.hpp"
+#include "fft_conv.hpp"
 #include "kernel.hpp"
 #include "params.hpp"
 #include "recurrent.hpp"
@@ -123,9 +128,15 @@ void init_model(s4d_model_params<T>& p, s4d_init init, Rng& rng) {
   init_linear(p.decoder);
 }
 
+/// How conv mode convolves: by FFT (fft_conv.hpp) or in the direct form (causal_conv.hpp).
+/// Both compute the same function (tests/s4d/test_conv.cpp); the FFT is the default because
+/// it measures faster at L = 784 (docs/performance.md).
+enum class conv_algorithm : unsigned char { fft, direct };
+
 struct model_options {
   discretization disc = discretization::zoh;
   double dropout = 0.0;
+  conv_algorithm conv = conv_algorithm::fft;
 };
 
 /// What prepare() computes once per step: Ā, B̄ per layer, and K per layer in conv mode.
@@ -135,6 +146,7 @@ struct prepared_model {
   std::size_t L = 0;
   std::vector<discrete_ssm<T>> disc;
   std::vector<std::vector<T>> K;  ///< [H, L] per layer (conv mode)
+  std::vector<fft_causal_conv<T>> fft;  ///< K's spectra per layer (conv mode by FFT)
 };
 
 /// Gradients w.r.t. the prepared quantities, reduced over sub-batches before finish_backward.
@@ -171,17 +183,27 @@ struct stream_state {
   std::vector<T> u, y, g, o, v, tmp;       ///< scratch, kept to avoid allocation per step
 };
 
-/// Activations recorded by a training forward pass on one sub-batch.
+/// Activations recorded by a training forward pass on one sub-batch, and the scratch buffers
+/// of forward() and backward(). Tensors are [B, C, L]; without recording (inference) the
+/// per-layer tensors hold one sample at a time.
 template <class T>
 struct forward_cache {
   struct layer {
-    std::vector<T> in, z, z_xhat, z_rstd, ssm_y, g, o, mask, r, r_xhat, r_rstd, out, states_re, states_im;
+    std::vector<T> in;                 ///< the block's input (layer 0: the encoder output)
+    std::vector<T> z, z_xhat, z_rstd;  ///< pre-norm output, its x-hat and 1/std
+    std::vector<T> ssm_y, g, o;        ///< S4D + D u, GELU, Linear (2H channels)
+    std::vector<T> mask;               ///< dropout, [B, H, L] for the whole call (empty: none)
+    std::vector<T> r, r_xhat, r_rstd;  ///< post-norm only: the residual sum, x-hat, 1/std
+    std::vector<T> states_re, states_im;  ///< recurrent mode: BPTT checkpoints [B, C, H*M]
+    fft_conv_workspace<T> conv;        ///< FFT scratch and this layer's dK spectrum
+    bptt_workspace<T> bptt;            ///< BPTT scratch (one segment's recomputed states)
   };
   std::size_t B = 0;
   std::vector<T> x;  ///< input as [B, inputs, L]
-  std::vector<T> enc;
   std::vector<layer> layers;
-  std::vector<T> pooled;
+  std::vector<T> pooled;  ///< [B, H]
+  /// One sample's scratch: the last block's output, and the backward pass's gradients.
+  std::vector<T> last, dpooled, dout, dr, dv, d_o, dg, dz, dzn;
 };
 
 template <class T>
@@ -199,7 +221,9 @@ class s4d_model {
     p.L = L;
     for (const auto& l : params.layers) {
       p.disc.push_back(discretize(l.ssm, options.disc));
-      if (mode == ssm_mode::convolutional) p.K.push_back(ssm_kernel(p.disc.back(), l.ssm.C_re, l.ssm.C_im, L));
+      if (mode != ssm_mode::convolutional) continue;
+      p.K.push_back(ssm_kernel(p.disc.back(), l.ssm.C_re, l.ssm.C_im, L));
+      if (options.conv == conv_algorithm::fft) p.fft.emplace_back(p.K.back().data(), shape().heads, L);
     }
     return p;
   }
@@ -218,82 +242,47 @@ class s4d_model {
   void forward(const prepared_model<T>& p, const T* x, std::size_t B, T* logits, forward_cache<T>* cache = nullptr,
                std::mt19937_64* dropout_rng = nullptr) const {
     const model_shape& s = shape();
-    const std::size_t H = s.heads, L = p.L, CI = s.inputs;
+    const std::size_t H = s.heads, L = p.L, CI = s.inputs, M = s.modes(), n1 = H * L;
     forward_cache<T> local;
     forward_cache<T>& c = cache != nullptr ? *cache : local;
+    const bool keep = cache != nullptr;
+    const std::size_t rows = keep ? B : 1;  // samples held per tensor
     c.B = B;
-    c.x.resize(B * CI * L);
-    for (std::size_t b = 0; b < B; ++b)
-      for (std::size_t l = 0; l < L; ++l)
-        for (std::size_t ch = 0; ch < CI; ++ch) c.x[(b * CI + ch) * L + l] = x[(b * L + l) * CI + ch];
-    c.enc.resize(B * H * L);
-    nn::linear_forward(params.encoder, c.x.data(), c.enc.data(), B, L);
+    c.x.resize(rows * CI * L);
     c.layers.resize(s.layers);
-    const T* in = c.enc.data();
     for (std::size_t li = 0; li < s.layers; ++li) {
-      const auto& lp = params.layers[li];
       auto& lc = c.layers[li];
-      const std::size_t n = B * H * L;
-      lc.in.assign(in, in + n);
-      const T* z = lc.in.data();
+      for (auto* v : {&lc.in, &lc.ssm_y, &lc.g}) v->resize(rows * n1);
+      lc.o.resize(2 * rows * n1);
       if (s.norm == norm_placement::pre) {
-        lc.z.resize(n);
-        lc.z_xhat.resize(n);
-        lc.z_rstd.resize(B * L);
-        nn::layer_norm_forward(lp.norm, lc.in.data(), lc.z.data(), lc.z_xhat.data(), lc.z_rstd.data(), B, H, L);
-        z = lc.z.data();
+        lc.z.resize(rows * n1);
+        lc.z_xhat.resize(rows * n1);
+        lc.z_rstd.resize(rows * L);
       }
-      lc.ssm_y.resize(n);
-      if (p.mode == ssm_mode::convolutional) {
-        causal_conv_forward(p.K[li].data(), z, lc.ssm_y.data(), B, H, L);
-        for (std::size_t b = 0; b < B; ++b)
-          for (std::size_t h = 0; h < H; ++h)
-            simd::axpy(L, lp.ssm.D[h], z + (b * H + h) * L, lc.ssm_y.data() + (b * H + h) * L);
-      } else {
-        const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
-        const bool keep = cache != nullptr;
-        const std::size_t HM = H * s.modes();
-        lc.states_re.resize(keep ? B * L * HM : 0);
-        lc.states_im.resize(keep ? B * L * HM : 0);
-        recurrent_scan(w, z, lc.ssm_y.data(), B, L, keep ? lc.states_re.data() : nullptr,
-                       keep ? lc.states_im.data() : nullptr);
-      }
-      lc.g.resize(n);
-      for (std::size_t i = 0; i < n; ++i) lc.g[i] = nn::gelu(lc.ssm_y[i]);
-      lc.o.resize(2 * n);
-      nn::linear_forward(lp.out, lc.g.data(), lc.o.data(), B, L);
-      lc.r.resize(n);
-      nn::glu_forward(lc.o.data(), lc.r.data(), B, H, L);  // r holds v, then v + residual
-      if (dropout_rng != nullptr && options.dropout > 0.0) {
-        lc.mask.resize(n);
-        std::uniform_real_distribution<double> u(0.0, 1.0);
-        const T keep_scale = static_cast<T>(1.0 / (1.0 - options.dropout));
-        for (std::size_t i = 0; i < n; ++i) {
-          lc.mask[i] = u(*dropout_rng) >= options.dropout ? keep_scale : T(0);
-          lc.r[i] *= lc.mask[i];
-        }
-      } else {
-        lc.mask.clear();
-      }
-      for (std::size_t i = 0; i < n; ++i) lc.r[i] += lc.in[i];
       if (s.norm == norm_placement::post) {
-        lc.out.resize(n);
-        lc.r_xhat.resize(n);
-        lc.r_rstd.resize(B * L);
-        nn::layer_norm_forward(lp.norm, lc.r.data(), lc.out.data(), lc.r_xhat.data(), lc.r_rstd.data(), B, H, L);
-        in = lc.out.data();
-      } else {
-        in = lc.r.data();
+        lc.r.resize(rows * n1);
+        lc.r_xhat.resize(rows * n1);
+        lc.r_rstd.resize(rows * L);
       }
+      const bool states = keep && p.mode == ssm_mode::recurrent;
+      lc.states_re.resize(states ? B * recurrent_checkpoints(L) * H * M : 0);
+      lc.states_im.resize(states ? B * recurrent_checkpoints(L) * H * M : 0);
     }
-    c.pooled.assign(B * H, T(0));
-    for (std::size_t b = 0; b < B; ++b)
-      for (std::size_t h = 0; h < H; ++h) {
-        const T* row = in + (b * H + h) * L;
-        T sum = T(0);
-        for (std::size_t l = 0; l < L; ++l) sum += row[l];
-        c.pooled[b * H + h] = sum / static_cast<T>(L);
+    draw_dropout(c, B * n1, dropout_rng);
+    c.last.resize(n1);
+    c.pooled.resize(B * H);
+    for (std::size_t b = 0; b < B; ++b) {
+      const std::size_t at = keep ? b : 0;  // this sample's row in the cache's tensors
+      T* xb = c.x.data() + at * CI * L;
+      for (std::size_t l = 0; l < L; ++l)
+        for (std::size_t ch = 0; ch < CI; ++ch) xb[ch * L + l] = x[(b * L + l) * CI + ch];
+      nn::linear_forward(params.encoder, xb, c.layers[0].in.data() + at * n1, 1, L);
+      for (std::size_t li = 0; li < s.layers; ++li) {
+        T* next = li + 1 < s.layers ? c.layers[li + 1].in.data() + at * n1 : c.last.data();
+        block_forward(p, li, c, b, at, next);
       }
+      for (std::size_t h = 0; h < H; ++h) c.pooled[b * H + h] = simd::sum(L, c.last.data() + h * L) / static_cast<T>(L);
+    }
     nn::linear_forward(params.decoder, c.pooled.data(), logits, B, 1);
   }
 
@@ -302,51 +291,20 @@ class s4d_model {
   void backward(const prepared_model<T>& p, forward_cache<T>& c, const T* dlogits, s4d_model_params<T>& grads,
                 prepared_grads<T>& pg) const {
     const model_shape& s = shape();
-    const std::size_t H = s.heads, L = p.L, B = c.B, n = B * H * L;
-    std::vector<T> dpooled(B * H, T(0));
-    nn::linear_backward(params.decoder, c.pooled.data(), dlogits, dpooled.data(), grads.decoder, B, 1);
-    std::vector<T> dout(n), dr(n), dv(n), d_o(2 * n), dg(n), dz(n), dzn;
-    for (std::size_t b = 0; b < B; ++b)
+    const std::size_t H = s.heads, L = p.L, B = c.B, CI = s.inputs, n1 = H * L;
+    c.dpooled.assign(B * H, T(0));
+    nn::linear_backward(params.decoder, c.pooled.data(), dlogits, c.dpooled.data(), grads.decoder, B, 1);
+    for (auto* v : {&c.dout, &c.dr, &c.dv, &c.dg, &c.dz, &c.dzn}) v->resize(n1);
+    c.d_o.resize(2 * n1);
+    for (std::size_t b = 0; b < B; ++b) {
       for (std::size_t h = 0; h < H; ++h)
-        for (std::size_t l = 0; l < L; ++l) dout[(b * H + h) * L + l] = dpooled[b * H + h] / static_cast<T>(L);
-    for (std::size_t li = s.layers; li-- > 0;) {
-      const auto& lp = params.layers[li];
-      auto& lg = grads.layers[li];
-      auto& lc = c.layers[li];
-      if (s.norm == norm_placement::post)
-        nn::layer_norm_backward(lp.norm, lc.r_xhat.data(), lc.r_rstd.data(), dout.data(), dr.data(), lg.norm, B, H, L);
-      else
-        dr = dout;
-      for (std::size_t i = 0; i < n; ++i) dv[i] = lc.mask.empty() ? dr[i] : dr[i] * lc.mask[i];
-      nn::glu_backward(lc.o.data(), dv.data(), d_o.data(), B, H, L);
-      std::fill(dg.begin(), dg.end(), T(0));
-      nn::linear_backward(lp.out, lc.g.data(), d_o.data(), dg.data(), lg.out, B, L);
-      for (std::size_t i = 0; i < n; ++i) dg[i] *= nn::gelu_grad(lc.ssm_y[i]);  // now d ssm_y
-      const T* z = s.norm == norm_placement::pre ? lc.z.data() : lc.in.data();
-      std::fill(dz.begin(), dz.end(), T(0));
-      if (p.mode == ssm_mode::convolutional) {
-        causal_conv_backward(p.K[li].data(), z, dg.data(), dz.data(), pg.K[li].data(), B, H, L);
-        for (std::size_t b = 0; b < B; ++b)
-          for (std::size_t h = 0; h < H; ++h) {
-            const T* dy = dg.data() + (b * H + h) * L;
-            lg.ssm.D[h] += simd::dot(L, dy, z + (b * H + h) * L);
-            simd::axpy(L, lp.ssm.D[h], dy, dz.data() + (b * H + h) * L);
-          }
-      } else {
-        const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
-        recurrent_backward(w, z, lc.states_re.data(), lc.states_im.data(), dg.data(), dz.data(), B, L, pg.disc[li],
-                           lg.ssm.C_re.data(), lg.ssm.C_im.data(), lg.ssm.D.data());
-      }
-      // d(block input) = residual path + SSM path (through the pre-norm if any)
-      if (s.norm == norm_placement::pre) {
-        dzn.resize(n);
-        nn::layer_norm_backward(lp.norm, lc.z_xhat.data(), lc.z_rstd.data(), dz.data(), dzn.data(), lg.norm, B, H, L);
-        for (std::size_t i = 0; i < n; ++i) dout[i] = dr[i] + dzn[i];
-      } else {
-        for (std::size_t i = 0; i < n; ++i) dout[i] = dr[i] + dz[i];
-      }
+        std::fill_n(c.dout.data() + h * L, L, c.dpooled[b * H + h] / static_cast<T>(L));
+      for (std::size_t li = s.layers; li-- > 0;) block_backward(p, li, c, b, grads, pg);
+      nn::linear_backward(params.encoder, c.x.data() + b * CI * L, c.dout.data(), static_cast<T*>(nullptr),
+                          grads.encoder, 1, L);
     }
-    nn::linear_backward(params.encoder, c.x.data(), dout.data(), static_cast<T*>(nullptr), grads.encoder, B, L);
+    if (p.mode == ssm_mode::convolutional && !p.fft.empty())
+      for (std::size_t li = 0; li < s.layers; ++li) p.fft[li].kernel_grad(c.layers[li].conv, pg.K[li].data());
   }
 
   /// A fresh streaming state (zero SSM state, empty pooling sum).
@@ -377,7 +335,7 @@ class s4d_model {
       }
       const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
       recurrent_step(w, z, st.x_re[li].data(), st.x_im[li].data(), st.y.data());
-      for (std::size_t h = 0; h < H; ++h) st.g[h] = nn::gelu(st.y[h]);
+      nn::gelu_forward(st.y.data(), st.g.data(), H);
       nn::linear_forward(lp.out, st.g.data(), st.o.data(), 1, 1);
       nn::glu_forward(st.o.data(), st.v.data(), 1, H, 1);
       for (std::size_t h = 0; h < H; ++h) st.u[h] += st.v[h];  // residual
@@ -408,6 +366,113 @@ class s4d_model {
         ssm_kernel_backward(p.disc[li], lp.ssm.C_re, lp.ssm.C_im, pg.K[li], p.L, pg.disc[li], lg.ssm.C_re, lg.ssm.C_im);
       discretize_backward(lp.ssm, options.disc, pg.disc[li], lg.ssm);
     }
+  }
+
+ private:
+  /// Dropout masks for the whole call, drawn layer by layer in the order of the tensors.
+  void draw_dropout(forward_cache<T>& c, std::size_t n, std::mt19937_64* rng) const {
+    for (auto& lc : c.layers) lc.mask.clear();
+    if (rng == nullptr || options.dropout <= 0.0) return;
+    const T keep_scale = static_cast<T>(1.0 / (1.0 - options.dropout));
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (auto& lc : c.layers) {
+      lc.mask.resize(n);
+      for (auto& m : lc.mask) m = u(*rng) >= options.dropout ? keep_scale : T(0);
+    }
+  }
+
+  /// Block li on sample b (row `at` of the cache's tensors); writes the block output to `next`.
+  void block_forward(const prepared_model<T>& p, std::size_t li, forward_cache<T>& c, std::size_t b, std::size_t at,
+                     T* next) const {
+    const model_shape& s = shape();
+    const std::size_t H = s.heads, L = p.L, n1 = H * L, HM = H * s.modes();
+    const auto& lp = params.layers[li];
+    auto& lc = c.layers[li];
+    const T* in = lc.in.data() + at * n1;
+    const T* z = in;
+    if (s.norm == norm_placement::pre) {
+      nn::layer_norm_forward(lp.norm, in, lc.z.data() + at * n1, lc.z_xhat.data() + at * n1,
+                             lc.z_rstd.data() + at * L, 1, H, L);
+      z = lc.z.data() + at * n1;
+    }
+    T* y = lc.ssm_y.data() + at * n1;
+    if (p.mode == ssm_mode::convolutional) {
+      if (!p.fft.empty()) p.fft[li].forward(z, y, 1, lc.conv);
+      else causal_conv_forward(p.K[li].data(), z, y, 1, H, L);
+      for (std::size_t h = 0; h < H; ++h) simd::axpy(L, lp.ssm.D[h], z + h * L, y + h * L);
+    } else {
+      const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
+      if (lc.states_re.empty()) {
+        recurrent_scan(w, z, y, 1, L);
+      } else {
+        const std::size_t at_ckpt = b * recurrent_checkpoints(L) * HM;
+        recurrent_scan_checkpointed(w, z, y, 1, L, lc.states_re.data() + at_ckpt, lc.states_im.data() + at_ckpt);
+      }
+    }
+    T* g = lc.g.data() + at * n1;
+    nn::gelu_forward(y, g, n1);
+    T* o = lc.o.data() + 2 * at * n1;
+    nn::linear_forward(lp.out, g, o, 1, L);
+    T* r = s.norm == norm_placement::post ? lc.r.data() + at * n1 : next;
+    nn::glu_forward(o, r, 1, H, L);  // r holds v, then v + residual
+    if (!lc.mask.empty()) {
+      const T* m = lc.mask.data() + b * n1;
+      for (std::size_t i = 0; i < n1; ++i) r[i] *= m[i];
+    }
+    for (std::size_t i = 0; i < n1; ++i) r[i] += in[i];
+    if (s.norm == norm_placement::post)
+      nn::layer_norm_forward(lp.norm, r, next, lc.r_xhat.data() + at * n1, lc.r_rstd.data() + at * L, 1, H, L);
+  }
+
+  /// Backward of block li on sample b: c.dout holds d(block output) and becomes d(block input).
+  void block_backward(const prepared_model<T>& p, std::size_t li, forward_cache<T>& c, std::size_t b,
+                      s4d_model_params<T>& grads, prepared_grads<T>& pg) const {
+    const model_shape& s = shape();
+    const std::size_t H = s.heads, L = p.L, n1 = H * L, HM = H * s.modes();
+    const auto& lp = params.layers[li];
+    auto& lg = grads.layers[li];
+    auto& lc = c.layers[li];
+    const std::size_t at = b * n1;
+    T* dr = c.dout.data();  // without a post-norm, d(residual sum) is d(block output)
+    if (s.norm == norm_placement::post) {
+      nn::layer_norm_backward(lp.norm, lc.r_xhat.data() + at, lc.r_rstd.data() + b * L, c.dout.data(), c.dr.data(),
+                              lg.norm, 1, H, L);
+      dr = c.dr.data();
+    }
+    const T* dv = dr;
+    if (!lc.mask.empty()) {
+      const T* m = lc.mask.data() + at;
+      for (std::size_t i = 0; i < n1; ++i) c.dv[i] = dr[i] * m[i];
+      dv = c.dv.data();
+    }
+    nn::glu_backward(lc.o.data() + 2 * at, dv, c.d_o.data(), 1, H, L);
+    T* dg = c.dg.data();
+    std::fill_n(dg, n1, T(0));
+    nn::linear_backward(lp.out, lc.g.data() + at, c.d_o.data(), dg, lg.out, 1, L);
+    nn::gelu_backward(lc.ssm_y.data() + at, dg, n1);  // now d ssm_y
+    const T* z = s.norm == norm_placement::pre ? lc.z.data() + at : lc.in.data() + at;
+    T* dz = c.dz.data();
+    std::fill_n(dz, n1, T(0));
+    if (p.mode == ssm_mode::convolutional) {
+      if (!p.fft.empty()) p.fft[li].backward(z, dg, dz, 1, lc.conv);
+      else causal_conv_backward(p.K[li].data(), z, dg, dz, pg.K[li].data(), 1, H, L);
+      for (std::size_t h = 0; h < H; ++h) {
+        lg.ssm.D[h] += simd::dot(L, dg + h * L, z + h * L);
+        simd::axpy(L, lp.ssm.D[h], dg + h * L, dz + h * L);
+      }
+    } else {
+      const recurrent_weights<T> w{&p.disc[li], lp.ssm.C_re.data(), lp.ssm.C_im.data(), lp.ssm.D.data()};
+      const std::size_t at_ckpt = b * recurrent_checkpoints(L) * HM;
+      recurrent_backward_checkpointed(w, z, lc.states_re.data() + at_ckpt, lc.states_im.data() + at_ckpt, dg, dz, 1, L,
+                                      pg.disc[li], lg.ssm.C_re.data(), lg.ssm.C_im.data(), lg.ssm.D.data(), lc.bptt);
+    }
+    // d(block input) = residual path + SSM path (through the pre-norm if any)
+    if (s.norm == norm_placement::pre) {
+      nn::layer_norm_backward(lp.norm, lc.z_xhat.data() + at, lc.z_rstd.data() + b * L, dz, c.dzn.data(), lg.norm, 1,
+                              H, L);
+      dz = c.dzn.data();
+    }
+    for (std::size_t i = 0; i < n1; ++i) c.dout[i] = dr[i] + dz[i];
   }
 };
 
