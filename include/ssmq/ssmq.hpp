@@ -15,6 +15,7 @@
 #include "precision/requantize.hpp"
 #include "precision/rounding.hpp"
 #include "s4d/causal_conv.hpp"
+#include "s4d/fft_conv.hpp"
 #include "s4d/discretize.hpp"
 #include "s4d/kernel.hpp"
 #include "s4d/model.hpp"
