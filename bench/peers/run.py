@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """ssmq's float S4D model against a PyTorch implementation of the same model.
 
-Builds bench/bench_s4d.cpp in Release (as tools/bench does), runs it (Google Benchmark, JSON),
+Builds bench/bench_s4d.cpp and bench/bench_qat.cpp in Release (as tools/bench does), runs
+them (Google Benchmark, JSON; QAT's training step is set against PyTorch's float
+recurrent-mode training, which is generous to PyTorch),
 runs bench/peers/s4d_torch.py for each model size with Debian's python3-torch, and prints a
 markdown table per model: metric, ssmq, PyTorch, ratio, goal, met. Then the recurrent
 kernel's FLOP/s beside this machine's fp32 FMA peak.
@@ -47,7 +49,7 @@ def build(build_dir):
     run(["cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
          "-DSSMQ_BUILD_TESTS=OFF", "-DSSMQ_BUILD_EXAMPLES=OFF", "-DSSMQ_BUILD_BENCHMARKS=ON"],
         stdout=subprocess.DEVNULL)
-    run(["cmake", "--build", str(build_dir), "--target", "bench_s4d"])
+    run(["cmake", "--build", str(build_dir), "--target", "bench_s4d", "bench_qat"])
 
 
 def run_ssmq(build_dir, models, quick, out_json):
@@ -64,6 +66,15 @@ def run_ssmq(build_dir, models, quick, out_json):
     run(args)
     if out_json.stat().st_size == 0 or not json.loads(out_json.read_text()).get("benchmarks"):
         sys.exit(f"bench/peers/run.py: {args[0]} wrote no benchmark results to {out_json}")
+
+
+def run_qat(build_dir, quick, out_json):
+    """bench_qat's training step (the paper's model): QAT against PyTorch's float training."""
+    args = [str(build_dir / "bench" / "bench_qat"), "--benchmark_filter=qat/train_step/.*threads:2",
+            "--benchmark_out=" + str(out_json), "--benchmark_out_format=json"]
+    args += ["--benchmark_min_time=0.01"] if quick else ["--benchmark_repetitions=3",
+                                                          "--benchmark_report_aggregates_only=true"]
+    run(args)
 
 
 def load_ssmq(path):
@@ -179,6 +190,12 @@ def model_table(model, ssmq, torch):
     trr = torch.get("train_recurrent", {})
     rows.append((f"recurrent-mode training (BPTT, 784 steps), samples/s (batch {batches(16, trr.get('batch'))}, 2 threads)",
                  ips(f"s4d/train_step/recurrent/{p}/batch:16/threads:2"), trr.get("samples_per_second"), "higher", 10))
+    if model == "paper":
+        for config in ("all8", "hetero_a8x8"):
+            rows.append((f"QAT ({config}, fake-quantized, BPTT) vs PyTorch's float recurrent-mode training, samples/s "
+                         f"(ssmq batch 64, PyTorch batch {trr.get('batch', 16)}, 2 threads)",
+                         ips(f"qat/train_step/config:{config}/batch:64/threads:2"), trr.get("samples_per_second"),
+                         "higher", 10))
     lines = ["| metric | ssmq | PyTorch | ratio | goal | met |", "|---|--:|--:|--:|--:|:-:|"]
     for metric, a, b, better, goal in rows:
         if a is None or b is None:
@@ -243,6 +260,10 @@ def report(ctx, ssmq, torch_results, models):
                   f"ssmq {fmt(sp)}, PyTorch {fmt(t['model']['parameters'])}; PyTorch's conv, recurrent and "
                   f"streamed logits agree to {t.get('conv_vs_recurrent_max_abs_diff', float('nan')):.1e}\n")
         print(model_table(m, ssmq, t))
+        q = ssmq.get("qat/train_step/config:all8/batch:64/threads:2")
+        if m == "paper" and q:
+            print(f"\nOne QAT epoch over the 50,000 training sequences at this rate: "
+                  f"{50000 / q['items_per_second']:.0f} s (goal: <= 60 s).")
         print()
         print(single_thread_table(m, ssmq))
     conv = conv_table(ssmq)
@@ -296,13 +317,18 @@ def main():
 
     if not args.skip_build and not args.skip_ssmq:
         build(build_dir)
+    qat_json = build_dir / "qat.json"
     if not args.skip_ssmq:
         run_ssmq(build_dir, models, args.quick, ssmq_json)
+        if "paper" in models:
+            run_qat(build_dir, args.quick, qat_json)
     if not args.skip_torch:
         for m in models:
             run_torch(args.torch_python, m, args.quick, torch_json[m])
 
     ctx, ssmq = load_ssmq(ssmq_json)
+    if qat_json.exists():
+        ssmq.update(load_ssmq(qat_json)[1])
     torch_results = {}
     for m in models:
         if torch_json[m].exists():
