@@ -100,6 +100,7 @@ struct qat_cache {
     std::vector<std::int32_t> codes;  ///< every step's straight-through masks [B, L, H, M]
   };
   std::size_t B = 0, L = 0;
+  bool for_backward = true;  ///< false: buffers reused for inference only (no states, no codes)
   std::vector<float> x, xq;  ///< encoder input [B, inputs, L], before and after its quantizer
   std::vector<float> enc;
   std::vector<layer> layers;
@@ -108,6 +109,9 @@ struct qat_cache {
   /// (for_each_activation_point order; cleared by the caller at each step).
   bool observe_ranges = false;
   std::vector<range_track> seen;
+  /// backward()'s scratch, kept here (not thread_local): the trainer's worker threads are new
+  /// at every step, and fresh buffers of this size cost page faults each time.
+  std::vector<float> dpooled, dout, dr, d_o, dg, dz, dzn;
 };
 
 class qat_model {
@@ -345,6 +349,7 @@ class qat_model {
     const std::size_t H = s.heads, CI = s.inputs, n = B * H * L;
     qat_cache local;
     qat_cache& c = cache != nullptr ? *cache : local;
+    const bool keep = cache != nullptr && c.for_backward;
     c.B = B;
     c.L = L;
     c.x.resize(B * CI * L);
@@ -379,13 +384,12 @@ class qat_model {
       fake_quant_acts(a.ssm_in, lc.z, L);
       lc.y.resize(n);
       const std::size_t S = L * H * 2 * s.modes();
-      lc.states.resize(cache != nullptr ? B * S : 0);
-      lc.codes.resize(cache != nullptr ? B * S / 2 : 0);
+      lc.states.resize(keep ? B * S : 0);
+      lc.codes.resize(keep ? B * S / 2 : 0);
       for (std::size_t b = 0; b < B; ++b) {
         const std::size_t row = b * H * L;
         clamped += scan_forward(pl, a.state, lc.z.data() + row, lc.y.data() + row, L,
-                                cache != nullptr ? lc.states.data() + b * S : nullptr,
-                                cache != nullptr ? lc.codes.data() + b * S / 2 : nullptr);
+                                keep ? lc.states.data() + b * S : nullptr, keep ? lc.codes.data() + b * S / 2 : nullptr);
       }
       // y -> clamp, FQ_y -> + D z -> FQ_y_out -> (Q)GELU -> FQ_lin_in -> Linear -> GLU -> + residual
       lc.yc = lc.y;
@@ -437,10 +441,10 @@ class qat_model {
 
   /// Backward pass of the micro-batch recorded in `c`: accumulates into `g` the gradients
   /// w.r.t. the fake-quantized values of `pp`.
-  void backward(const qat_prepared& pp, const qat_cache& c, const float* dlogits, qat_grads& g) const {
+  void backward(const qat_prepared& pp, qat_cache& c, const float* dlogits, qat_grads& g) const {
     const model_shape& s = shape();
     const std::size_t H = s.heads, M = s.modes(), B = c.B, L = c.L, n = B * H * L;
-    thread_local std::vector<float> dpooled, dout, dr, d_o, dg, dz, dzn;
+    std::vector<float>&dpooled = c.dpooled, &dout = c.dout, &dr = c.dr, &d_o = c.d_o, &dg = c.dg, &dz = c.dz, &dzn = c.dzn;
     dpooled.assign(B * H, 0.0f);
     nn::linear_backward(pp.dec, c.pooled_q.data(), dlogits, dpooled.data(), g.dec, B, 1);
     straight_through(q_dec_in_, c.pooled, dpooled, 1);

@@ -100,13 +100,16 @@ inline train::eval_result qat_evaluate(const qat_model& model, const data::batch
   train::eval_result r;
   double loss = 0.0;
   std::size_t correct = 0;
+  std::vector<qat_cache> buffers(threads);  // reused across batches (inference only)
+  for (auto& c : buffers) c.for_backward = false;
   data.for_each_batch(0, [&](const data::batch& b) {
     std::vector<float> logits(b.size * C);
     train::parallel_for(threads, [&](std::size_t t) {
       const auto [lo, hi] = train::share(b.size, threads, t);
       for (std::size_t m = lo; m < hi; m += micro_batch) {
         const std::size_t n = std::min(micro_batch, hi - m);
-        model.forward(pp, b.inputs.data() + m * b.length * b.channels, n, b.length, logits.data() + m * C);
+        model.forward(pp, b.inputs.data() + m * b.length * b.channels, n, b.length, logits.data() + m * C,
+                      &buffers[t]);
       }
     });
     loss += nn::cross_entropy(logits.data(), b.labels.data(), b.size, C, static_cast<float*>(nullptr), 1.0);
