@@ -174,7 +174,8 @@ def main():
     ax.set_xlabel("Ā bits (rest at 8)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(RES, "qat-abar.png"), dpi=120)
