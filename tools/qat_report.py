@@ -78,7 +78,7 @@ def main():
         r0 = rows[0]
         vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
         w(f"| {label} (`{config}`) | discrete | {len(rows)} | {pct(r0['ptq_test_accuracy'])} | {100 * m:.2f} | "
-          f"{100 * sp:.2f} | {vs} | {int(r0['footprint_bytes']):,} | {float(r0['reduction_total']):.2f}x / "
+          f"{(f'{100 * sp:.2f}' if len(rows) > 1 else '-')} | {vs} | {int(r0['footprint_bytes']):,} | {float(r0['reduction_total']):.2f}x / "
           f"{float(r0['reduction_parameters']):.2f}x |")
     w("")
     w("Per run:")
