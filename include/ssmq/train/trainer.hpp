@@ -99,20 +99,25 @@ struct epoch_stats {
 template <class T>
 std::pair<double, std::size_t> train_step(s4d_model<T>& model, adam<T>& opt, const data::batch& b,
                                           const train_options& o, double lr_scale, std::uint64_t step,
-                                          std::vector<s4d_model_params<T>>& grads, std::vector<prepared_grads<T>>& pgs) {
+                                          std::vector<s4d_model_params<T>>& grads, std::vector<prepared_grads<T>>& pgs,
+                                          std::vector<forward_cache<T>>* caches = nullptr) {
   const std::size_t C = model.shape().classes;
   const auto prep = model.prepare(o.mode, b.length);
   std::vector<T> x(b.inputs.begin(), b.inputs.end());
   std::vector<double> losses(o.threads, 0.0);
   std::vector<std::size_t> correct(o.threads, 0);
   if (pgs.size() != o.threads) pgs.assign(o.threads, model.make_prepared_grads(prep));
+  // Caches kept across steps (when given) save the page faults of fresh buffers every step.
+  std::vector<forward_cache<T>> local;
+  std::vector<forward_cache<T>>& cache_of = caches != nullptr ? *caches : local;
+  if (cache_of.size() != o.threads) cache_of.resize(o.threads);
   parallel_for(o.threads, [&](std::size_t t) {
     grads[t].zero();
     pgs[t].zero();
     std::seed_seq seq{static_cast<std::uint32_t>(o.seed), static_cast<std::uint32_t>(step),
                       static_cast<std::uint32_t>(step >> 32), static_cast<std::uint32_t>(t)};
     std::mt19937_64 rng(seq);
-    forward_cache<T> cache;
+    forward_cache<T>& cache = cache_of[t];
     std::vector<T> logits, dlogits;
     const auto [lo, hi] = share(b.size, o.threads, t);
     for (std::size_t m = lo; m < hi; m += o.micro_batch) {
@@ -150,6 +155,7 @@ void train(s4d_model<T>& model, adam<T>& opt, const data::batcher& training, con
   if (o.threads == 0 || o.micro_batch == 0) throw std::invalid_argument("ssmq: threads and micro_batch must be >= 1");
   std::vector<s4d_model_params<T>> grads(o.threads, s4d_model_params<T>(model.shape()));
   std::vector<prepared_grads<T>> pgs;
+  std::vector<forward_cache<T>> caches;
   const std::size_t per_epoch = training.dataset().size();
   const std::size_t steps_per_epoch = training.batches_per_epoch();
   progress prog("train", (o.epochs - o.first_epoch) * per_epoch, "samples");
@@ -164,7 +170,7 @@ void train(s4d_model<T>& model, adam<T>& opt, const data::batcher& training, con
     const auto t0 = progress::clock::now();
     training.for_each_batch(e, [&](const data::batch& b) {
       const std::uint64_t step = e * steps_per_epoch + step_in_epoch++;
-      const auto [l, c] = train_step(model, opt, b, o, scale, step, grads, pgs);
+      const auto [l, c] = train_step(model, opt, b, o, scale, step, grads, pgs, &caches);
       loss += l;
       ok += c;
       seen += b.size;
