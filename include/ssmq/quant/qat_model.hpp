@@ -144,7 +144,6 @@ class qat_model {
   [[nodiscard]] bool uses_qgelu() const noexcept { return use_qgelu_; }
   /// Scalar reference kernels for the SSM instead of xsimd (bit-identical results).
   void use_scalar_reference(bool on) noexcept { scalar_reference_ = on; }
-  [[nodiscard]] const std::vector<qat_act_points>& activation_points() const noexcept { return acts_; }
 
   /// f(name, point_quantizer&) for every activation and state point, in a fixed order (for
   /// saving and restoring the calibration): "enc_in", "dec_in", "layers.<i>.<point>".
@@ -648,11 +647,6 @@ class qat_model {
   /// The SSM of every head of one sequence (z, y: [H, L]).
   std::uint64_t scan_forward(const qat_prepared::layer& pl, const point_quantizer& state, const float* z, float* y,
                              std::size_t L, float* states, std::int32_t* codes) const {
-    thread_local std::vector<float> discard;
-    if (y == nullptr) {
-      discard.resize(shape().heads * L);
-      y = discard.data();
-    }
     const ssm_step_weights w = layer_weights(pl);
     const state_quantizer q = layer_state(state);
     return scalar_reference_ ? qat_scan_forward<false>(w, q, z, y, L, L, states, codes)
