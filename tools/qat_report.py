@@ -97,7 +97,9 @@ def main():
     # Abar sweep
     w("## Ā at 4 to 8 bits under each parameterization (the rest at 8 bits, 2 epochs)")
     w("")
-    w("Test accuracy in %; PTQ is the same configuration before QAT.")
+    w("Test accuracy in %. PTQ: the same configuration before QAT with Ā quantized as (re, im), the")
+    w("starting point of discrete, continuous and frozen (polar starts from its own polar PTQ,")
+    w("column ptq_test_accuracy of qat.csv). \"unstable\": modes with |Ā| >= 1 after QAT.")
     w("")
     w("| Ā bits | PTQ | " + " | ".join(PARAMS) + " |")
     w("|--:|--:|" + "--:|" * len(PARAMS))
