@@ -173,6 +173,7 @@ def main():
     pts = [(b, 100 * float(runs[f"abar{b}-discrete"]["ptq_test_accuracy"])) for b in range(4, 9) if f"abar{b}-discrete" in runs]
     if pts:
         ax.plot([b for b, _ in pts], [a for _, a in pts], marker="x", linestyle=":", color="black", label="PTQ")
+    ax.set_xticks(range(4, 9))
     ax.set_xlabel("Ā bits (rest at 8)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
