@@ -144,12 +144,12 @@ inline int run_qat(const qat_args& a) {
     std::fprintf(stderr, "epoch %zu/%zu: train loss %.4f acc %.4f | validation loss %.4f acc %.4f | %.0f s\n",
                  st.epoch + 1, o.epochs, st.train_loss, st.train_accuracy, st.validation.loss, st.validation.accuracy,
                  st.seconds);
+    auto f = ssmq::io::to_safetensors(ck, model);  // the epoch's shadows; the state file adds Adam
     if (st.validation.accuracy > best_acc) {
       best_acc = st.validation.accuracy;
       best_epoch = st.epoch;
-      ssmq::io::save_safetensors(out, ssmq::io::to_safetensors(ck, model));
+      ssmq::io::save_safetensors(out, f);
     }
-    auto f = ssmq::io::to_safetensors(ck, model);
     ssmq::io::add_optimizer_state(f, model.shadows, opt);
     ssmq::io::set_metadata(f, "train.fingerprint", qat_fingerprint(a));
     ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
@@ -164,8 +164,8 @@ inline int run_qat(const qat_args& a) {
   // The chosen epoch, evaluated through PTQ's fake-quantized model (what a file would hold).
   auto best = ssmq::io::qat_from_safetensors(ssmq::io::load_safetensors(out)).model;
   const ssmq::quant::fake_quant_model fm(best.parts(best.prepare()));
-  ssmq::quant::clamp_stats cs;
-  const auto r = fm.evaluate(test, a.threads, &cs);
+  const auto r = fm.evaluate(test, a.threads);
+  const std::size_t unstable = fm.stability().unstable_modes();
   const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
   const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
   if (param == ssmq::quant::abar_parameterization::polar) {
@@ -178,8 +178,7 @@ inline int run_qat(const qat_args& a) {
   std::printf("qat %s %s: best validation accuracy %.4f at epoch %zu; test accuracy %.4f (%.2f %%), loss %.4f on %zu "
               "sequences; footprint %zu B (%.2fx smaller than float32); %zu unstable modes\n",
               a.config.c_str(), a.param.c_str(), best_acc, best_epoch + 1, r.accuracy, 100.0 * r.accuracy, r.loss,
-              r.count, fp.total(), static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
-              fm.stability().unstable_modes());
+              r.count, fp.total(), static_cast<double>(f32.total()) / static_cast<double>(fp.total()), unstable);
   if (!a.results.empty()) {
     const bool fresh = !fs::exists(a.results);
     std::ofstream csv(a.results, std::ios::app);
@@ -195,7 +194,7 @@ inline int run_qat(const qat_args& a) {
                   best_acc, best_epoch + 1, r.accuracy, r.loss, fp.total(), fp.parameter_bytes,
                   static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
                   static_cast<double>(f32.parameter_bytes) / static_cast<double>(fp.parameter_bytes),
-                  fm.stability().unstable_modes(), seconds / static_cast<double>(a.epochs));
+                  unstable, seconds / static_cast<double>(a.epochs));
     csv << row << '\n';
   }
   return 0;
