@@ -29,7 +29,7 @@ struct qat_args {
   std::string model, data = "data/mnist", config = "all8", param = "discrete", out, results, name;
   std::size_t epochs = 10, batch = 64, threads = 2, micro_batch = 16, calib_batches = 4, calib_batch = 32;
   std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
-  double lr = 1e-3, range_momentum = 0.0;
+  double lr = 1e-3, ssm_lr = 0.0, range_momentum = 0.0;  // ssm_lr 0: the same as lr
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -44,6 +44,8 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--epochs", a.epochs);
   cmd->add_option("--batch", a.batch);
   cmd->add_option("--lr", a.lr);
+  cmd->add_option("--ssm-lr", a.ssm_lr,
+                  "learning rate of the SSM group (Abar, or A and dt under continuous); default: --lr");
   cmd->add_option("--seed", a.seed, "batch order and calibration batches");
   cmd->add_option("--threads", a.threads);
   cmd->add_option("--micro-batch", a.micro_batch);
@@ -65,8 +67,11 @@ inline std::string qat_fingerprint(const qat_args& a) {
   std::snprintf(buf, sizeof buf, "config=%s param=%s epochs=%zu batch=%zu lr=%.17g seed=%llu threads=%zu micro=%zu calib=%zux%zu limit=%zu",
                 a.config.c_str(), a.param.c_str(), a.epochs, a.batch, a.lr, static_cast<unsigned long long>(a.seed),
                 a.threads, a.micro_batch, a.calib_batches, a.calib_batch, a.train_limit);
-  if (a.range_momentum > 0.0)  // runs without the option keep their fingerprint (and resume)
+  // Runs without these options keep their fingerprint (and resume).
+  if (a.range_momentum > 0.0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " range_momentum=%.17g", a.range_momentum);
+  if (a.ssm_lr > 0.0 && a.ssm_lr != a.lr)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " ssm_lr=%.17g", a.ssm_lr);
   return buf;
 }
 
@@ -93,7 +98,7 @@ inline int run_qat(const qat_args& a) {
   o.threads = a.threads;
   o.micro_batch = a.micro_batch;
   o.adam.lr = a.lr;
-  o.adam.ssm_lr = a.lr;
+  o.adam.ssm_lr = a.ssm_lr > 0.0 ? a.ssm_lr : a.lr;
   o.range_momentum = a.range_momentum;
   const fs::path out(a.out), state(a.out + ".train-state");
   double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
@@ -187,10 +192,16 @@ inline int run_qat(const qat_args& a) {
       csv << "name,config,param,epochs,seed,batch,lr,train_limit,ptq_val_accuracy,ptq_test_accuracy,best_val_accuracy,"
              "best_epoch,test_accuracy,test_loss,footprint_bytes,parameter_bytes,reduction_total,reduction_parameters,"
              "unstable_modes,seconds_per_epoch\n";
+    // lr: "0.001", or "0.001/0.0001" when the SSM group trains at its own rate.
+    char lr[64];
+    if (a.ssm_lr > 0.0 && a.ssm_lr != a.lr)
+      std::snprintf(lr, sizeof lr, "%g/%g", a.lr, a.ssm_lr);
+    else
+      std::snprintf(lr, sizeof lr, "%g", a.lr);
     char row[640];
-    std::snprintf(row, sizeof row, "%s,%s,%s,%zu,%llu,%zu,%g,%zu,%.4f,%.4f,%.4f,%zu,%.4f,%.4f,%zu,%zu,%.3f,%.3f,%zu,%.1f",
+    std::snprintf(row, sizeof row, "%s,%s,%s,%zu,%llu,%zu,%s,%zu,%.4f,%.4f,%.4f,%zu,%.4f,%.4f,%zu,%zu,%.3f,%.3f,%zu,%.1f",
                   (a.name.empty() ? a.config + "-" + a.param : a.name).c_str(), a.config.c_str(), a.param.c_str(),
-                  a.epochs, static_cast<unsigned long long>(a.seed), a.batch, a.lr, a.train_limit, ptq_val, ptq_test,
+                  a.epochs, static_cast<unsigned long long>(a.seed), a.batch, lr, a.train_limit, ptq_val, ptq_test,
                   best_acc, best_epoch + 1, r.accuracy, r.loss, fp.total(), fp.parameter_bytes,
                   static_cast<double>(f32.total()) / static_cast<double>(fp.total()),
                   static_cast<double>(f32.parameter_bytes) / static_cast<double>(fp.parameter_bytes),

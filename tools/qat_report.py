@@ -6,6 +6,7 @@ that have not finished yet are listed as such. The hand-written discussion is in
 docs/results/qat-discussion.md."""
 import csv
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,6 +14,21 @@ RES = os.path.join(ROOT, "docs", "results")
 HETERO8 = "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"
 HETERO6 = "Abar6_Bbar4_Cbar4_D4_x6_ssm6_W4_act6"
 PARAMS = ["discrete", "continuous", "frozen", "polar"]
+HEADLINE = [("uniform 8 bits", "all8", "all8"), ("W4 act6, Ā8 x8", HETERO8, "hetero8"),
+            ("W4 act6, Ā6 x6", HETERO6, "hetero6")]
+# What a recipe suffix of a run name means (the options tools/qat-runs passes to `ssmq qat`).
+RECIPES = {
+    "discrete": "the reference's recipe (Ā, B̄, C̄ trained directly, Adam lr 1e-3 for all)",
+    "frozen": "Ā frozen at its quantized pre-trained value, the rest as `discrete`",
+    "polar": "|Ā| and its angle trained, quantized as magnitude and phase",
+    "discrete-slr1e-4": "`discrete` with the SSM group (Ā) at lr 1e-4 (`--ssm-lr 1e-4`)",
+    "discrete-lr1e-4": "`discrete` at lr 1e-4 for all (the paper's text)",
+    "discrete-rm0.01": "`discrete` with activation ranges tracked by a moving average (`--range-momentum 0.01`)",
+}
+
+
+def recipe_label(recipe):
+    return recipe if recipe in RECIPES else recipe + " (?)"
 
 
 def read_csv(path):
@@ -47,8 +63,8 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline, abar, state, seeds")
-    w("tools/qat-report            # this page and qat-curves.png, qat-abar.png")
+    w("tools/qat-runs headline     # one group: headline, abar, state, recipe, seeds, search")
+    w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
     w("Every run starts from `models/smnist-s4d-h16.safetensors` (float: "
@@ -62,24 +78,29 @@ def main():
     def row_or_missing(name):
         return runs.get(name)
 
-    # Headline points
+    # Headline points: runs named <point>-<recipe>-s<seed> with 10 epochs, grouped by recipe.
     w("## Headline points (10 epochs)")
     w("")
-    w("| configuration | parameterization | seeds | PTQ test % | QAT test % (mean) | spread (max - min) | vs float (pp) | footprint B | reduction (total / parameters) |")
+    w("| configuration | recipe | seeds | PTQ test % | QAT test % (mean) | spread (max - min) | vs float (pp) | footprint B | reduction (total / parameters) |")
     w("|---|---|--:|--:|--:|--:|--:|--:|--:|")
-    for label, config in [("uniform 8 bits", "all8"), ("W4 act6, Ā8 x8", HETERO8), ("W4 act6, Ā6 x6", HETERO6)]:
-        key = {"all8": "all8", HETERO8: "hetero8", HETERO6: "hetero6"}[config]
-        rows = [runs[n] for n in (f"{key}-discrete-s{s}" for s in range(3)) if n in runs]
-        if not rows:
+    for label, config, key in HEADLINE:
+        groups = {}
+        for name, r in sorted(runs.items()):
+            m = re.fullmatch(rf"{key}-(.+)-s(\d+)", name)
+            if m and r["epochs"] == "10":
+                groups.setdefault(m.group(1), []).append(r)
+        if not groups:
             w(f"| {label} (`{config}`) | discrete | 0 | | not run yet | | | | |")
-            continue
-        accs = [float(r["test_accuracy"]) for r in rows]
-        m, sp = mean_spread(accs)
-        r0 = rows[0]
-        vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
-        w(f"| {label} (`{config}`) | discrete | {len(rows)} | {pct(r0['ptq_test_accuracy'])} | {100 * m:.2f} | "
-          f"{(f'{100 * sp:.2f}' if len(rows) > 1 else '-')} | {vs} | {int(r0['footprint_bytes']):,} | {float(r0['reduction_total']):.2f}x / "
-          f"{float(r0['reduction_parameters']):.2f}x |")
+        for recipe, rows in sorted(groups.items(), key=lambda kv: (kv[0] != "discrete", kv[0])):
+            accs = [float(r["test_accuracy"]) for r in rows]
+            m, sp = mean_spread(accs)
+            r0 = rows[0]
+            vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
+            w(f"| {label} (`{config}`) | {recipe_label(recipe)} | {len(rows)} | {pct(r0['ptq_test_accuracy'])} | {100 * m:.2f} | "
+              f"{(f'{100 * sp:.2f}' if len(rows) > 1 else '-')} | {vs} | {int(r0['footprint_bytes']):,} | "
+              f"{float(r0['reduction_total']):.2f}x / {float(r0['reduction_parameters']):.2f}x |")
+    w("")
+    w("Recipes: " + "; ".join(f"`{k}`: {v}" for k, v in RECIPES.items()) + ".")
     w("")
     w("Per run:")
     w("")
@@ -133,6 +154,53 @@ def main():
             w(f"| {bits} | | not run yet | |")
     w("")
 
+    # The recipe study: the heterogeneous point for 2 epochs, chosen on validation accuracy.
+    rec = [(m.group(1), r) for name, r in sorted(runs.items()) if (m := re.fullmatch(r"hetero8-(.+)-e2", name))]
+    w("## Recipe study (W4 act6 Ā8 x8, 2 epochs, chosen on validation)")
+    w("")
+    if rec:
+        w("Short runs that choose the recipe of the longer ones: the decision uses the validation")
+        w("column only; the test column is shown for completeness.")
+        w("")
+        w("| recipe | lr | best val % (epoch) | test % | unstable modes |")
+        w("|---|---|--:|--:|--:|")
+        for recipe, r in sorted(rec, key=lambda t: -float(t[1]["best_val_accuracy"])):
+            w(f"| {recipe_label(recipe)} | {r['lr']} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
+              f"{pct(r['test_accuracy'])} | {r['unstable_modes']} |")
+    else:
+        w("Not run yet (`tools/qat-runs recipe`).")
+    w("")
+
+    # The footprint search: every configuration QAT trained, by parameter bytes.
+    w("## Footprint against accuracy (the configuration search)")
+    w("")
+    w("Every configuration trained by QAT, smallest parameter footprint first; for each, its best")
+    w("recipe by mean validation accuracy (runs of 10 epochs, and the search runs of")
+    w(f"`tools/qat-runs search` with the epochs shown). Goal of the issue: within 0.5 pp of the float")
+    w("model" + (f" ({100 * float_acc:.2f} %)" if float_acc else "") + " at the smallest footprint.")
+    w("")
+    w("| configuration | recipe | epochs | runs | test % (mean) | vs float (pp) | parameter bytes | reduction (parameters) | whole footprint B | reduction (total) |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    configs = {}
+    for name, r in runs.items():
+        if r["epochs"] == "10" or name.startswith("search-"):
+            m = re.fullmatch(r"(?:search-)?[^-]+-(.+?)(?:-s\d+)?", name)
+            recipe = m.group(1) if m else r["param"]
+            configs.setdefault(r["config"], {}).setdefault((recipe, r["epochs"]), []).append(r)
+    points = []
+    for config, by_recipe in configs.items():
+        (recipe, epochs), rows = max(by_recipe.items(),
+                                     key=lambda kv: sum(float(r["best_val_accuracy"]) for r in kv[1]) / len(kv[1]))
+        m, _ = mean_spread([float(r["test_accuracy"]) for r in rows])
+        points.append((int(rows[0]["parameter_bytes"]), config, recipe, epochs, len(rows), m, rows[0]))
+    for pb, config, recipe, epochs, n, m, r0 in sorted(points):
+        vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
+        w(f"| `{config}` | {recipe_label(recipe)} | {epochs} | {n} | {100 * m:.2f} | {vs} | {pb:,} | "
+          f"{float(r0['reduction_parameters']):.2f}x | {int(r0['footprint_bytes']):,} | {float(r0['reduction_total']):.2f}x |")
+    w("")
+    w("![test accuracy against parameter reduction](qat-footprint.png)")
+    w("")
+
     disc = os.path.join(RES, "qat-discussion.md")
     if os.path.exists(disc):
         w("## Comparison with the paper")
@@ -182,6 +250,23 @@ def main():
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(RES, "qat-abar.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for pb, config, recipe, epochs, n, m, r0 in sorted(points):
+        x = float(r0["reduction_parameters"])
+        ax.plot([x], [100 * m], marker="o", color="C0")
+        ax.annotate(config if len(config) < 12 else config.replace("_", " ").replace("Abar", "Ā"), (x, 100 * m),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if float_acc:
+        ax.axhline(100 * float_acc, color="gray", linestyle="--", label="float (test)")
+        ax.axhline(100 * float_acc - 0.5, color="gray", linestyle=":", label="float - 0.5 pp")
+    ax.margins(x=0.35)  # room for the labels
+    ax.set_xlabel("parameter bytes, float32 / quantized")
+    ax.set_ylabel("test accuracy after QAT (%)")
+    if ax.get_lines():
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RES, "qat-footprint.png"), dpi=120)
     print(f"qat_report: {len(runs)} runs; wrote docs/results/qat.md and figures")
 
 
