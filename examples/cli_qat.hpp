@@ -173,13 +173,9 @@ inline int run_qat(const qat_args& a) {
   const std::size_t unstable = fm.stability().unstable_modes();
   const auto fp = ssmq::memory_footprint(spec, ck.model.shape());
   const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
-  if (param == ssmq::quant::abar_parameterization::polar) {
-    std::printf("(a polar Abar with re/im B and C cannot be written as a quantized model file yet)\n");
-  } else {
-    const std::string qfile = a.out + ".quant.safetensors";
-    ssmq::io::save_quantized_model(qfile, fm, ck.input_norm);
-    std::printf("saved the quantized model to %s\n", qfile.c_str());
-  }
+  const std::string qfile = a.out + ".quant.safetensors";
+  ssmq::io::save_quantized_model(qfile, fm, ck.input_norm);
+  std::printf("saved the quantized model to %s\n", qfile.c_str());
   std::printf("qat %s %s: best validation accuracy %.4f at epoch %zu; test accuracy %.4f (%.2f %%), loss %.4f on %zu "
               "sequences; footprint %zu B (%.2fx smaller than float32); %zu unstable modes\n",
               a.config.c_str(), a.param.c_str(), best_acc, best_epoch + 1, r.accuracy, 100.0 * r.accuracy, r.loss,

@@ -184,10 +184,11 @@ int run_eval_quantized(const eval_args& a, const ssmq::io::quantized_checkpoint&
   ssmq::data::batcher b(ds, ck.input_norm, {a.batch, ssmq::data::batch_order::sequential, 0, false});
   const auto r = ck.model.evaluate(b, a.threads);
   const std::string name(ck.model.spec().name().view());
+  const auto& cf = ck.model.complex_forms();
+  constexpr auto polar = ssmq::quant::complex_format::polar;
   std::printf("%s split: %zu sequences, quantized model %s%s (recurrent mode): accuracy %.4f (%.2f %%), loss %.4f\n",
-              a.split.c_str(), r.count, name.c_str(),
-              ck.model.complex_form() == ssmq::quant::complex_format::polar ? " polar" : "", r.accuracy,
-              100.0 * r.accuracy, r.loss);
+              a.split.c_str(), r.count, name.c_str(), cf == polar ? " polar" : cf.abar == polar ? " polar Abar" : "",
+              r.accuracy, 100.0 * r.accuracy, r.loss);
   return 0;
 }
 

@@ -1,6 +1,7 @@
 // Quantized model files: integer tensors in safetensors (I8, I16, I32), and a calibrated
 // fake-quantized model saved and loaded back giving identical logits, bit for bit, under
-// several configurations and both complex formats; every malformed file is a clear error.
+// several configurations and complex formats (also mixed: Ā polar, B̄ and C̄ (re, im)); the
+// shipped file still loads; every malformed file is a clear error.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -101,8 +103,7 @@ struct fixture {
   ssmq::data::normalisation norm = ssmq::data::compute_normalisation(data);
   ssmq::data::batcher batches{data, norm, {6, ssmq::data::batch_order::sequential, 0, false}};
 
-  ssmq::quant::fake_quant_model calibrated(std::string_view config,
-                                           ssmq::quant::complex_format cf = ssmq::quant::complex_format::re_im,
+  ssmq::quant::fake_quant_model calibrated(std::string_view config, ssmq::quant::complex_formats cf = {},
                                            ssmq::norm_placement placement = ssmq::norm_placement::none) const {
     ssmq::quant::fake_quant_model q(tiny_model(placement, 11), ssmq::precision_from_name(config),
                                     ssmq::quant::gelu_choice::automatic, cf);
@@ -220,9 +221,10 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
   const fixture fx;
   temp_dir dir;
   using ssmq::quant::complex_format;
+  constexpr auto polar = complex_format::polar, re_im = complex_format::re_im;
   struct variant {
     const char* config;
-    complex_format cf;
+    ssmq::quant::complex_formats cf;
     ssmq::norm_placement norm;
   };
   for (const variant v : {variant{"all8", complex_format::re_im, ssmq::norm_placement::none},
@@ -235,8 +237,10 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
                           {"all8", complex_format::polar, ssmq::norm_placement::none},
                           {"Abar4_Bbar5t_Cbar6s_x8_act8", complex_format::polar, ssmq::norm_placement::post},
                           {"W4_act6", complex_format::polar, ssmq::norm_placement::none},
+                          {"Abar6_Bbar5t_Cbar6s_x8_act8", {polar, re_im, re_im}, ssmq::norm_placement::pre},
+                          {"all8", {re_im, polar, re_im}, ssmq::norm_placement::none},
                           {"fp32", complex_format::re_im, ssmq::norm_placement::none}}) {
-    INFO(v.config, v.cf == complex_format::polar ? " polar" : " re_im");
+    INFO(v.config, " polar Abar, Bbar, C: ", v.cf.abar == polar, v.cf.bbar == polar, v.cf.cbar == polar);
     const auto q = fx.calibrated(v.config, v.cf, v.norm);
     const fs::path path = dir.path / "q.safetensors";
     io::save_quantized_model(path, q, fx.norm);
@@ -245,7 +249,7 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
     CHECK(loaded.model.spec() == q.spec());
     CHECK(loaded.model.shape() == q.shape());
     CHECK(loaded.model.uses_qgelu() == q.uses_qgelu());
-    CHECK(loaded.model.complex_form() == v.cf);
+    CHECK(loaded.model.complex_forms() == v.cf);
     const auto a = logits_of(q, fx.batches), b = logits_of(loaded.model, fx.batches);
     REQUIRE(a.size() == b.size());
     CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
@@ -270,6 +274,7 @@ TEST_CASE("the quantized file holds integer levels, scales and zero-points under
   CHECK(io::metadata_string(f4, "ssmq.format") == "ssmq-s4d-quantized/1");
   CHECK(io::metadata_string(f4, "ssmq.precision") == "Abar4_Bbar12_D4_x8_W4_act6");
   CHECK(io::metadata_string(f4, "ssmq.complex") == "re_im");
+  CHECK_FALSE(f4.metadata.contains("ssmq.complex.Abar"));  // one key when the formats agree
   CHECK(io::metadata_string(f4, "ssmq.gelu") == "qgelu");
   const auto levels = io::expect_int_tensor(f4, "s4_layers.0.kernel.Abar.q", tensor_dtype::i8, {4, 5, 2});
   for (const auto l : levels) CHECK((l >= -8 && l <= 7));
@@ -292,6 +297,42 @@ TEST_CASE("the quantized file holds integer levels, scales and zero-points under
   (void)io::expect_tensor(fp, "s4_layers.0.kernel.C.phase.scale", {4});
   (void)io::expect_tensor(fp, "s4_layers.0.kernel.Bbar", {4, 5, 2});  // B̄ at fp32
   CHECK_FALSE(fp.tensors.contains("s4_layers.0.kernel.Abar.q"));
+}
+
+TEST_CASE("complex formats: one key when they agree (as in every earlier file), one per tensor otherwise") {
+  const fixture fx;
+  using ssmq::quant::complex_format;
+  const ssmq::quant::complex_formats mixed{complex_format::polar, complex_format::re_im, complex_format::re_im};
+  const auto f = io::quantized_to_safetensors(fx.calibrated("Abar6_Cbar3", mixed), fx.norm);
+  CHECK_FALSE(f.metadata.contains("ssmq.complex"));
+  CHECK(io::metadata_string(f, "ssmq.complex.Abar") == "polar");
+  CHECK(io::metadata_string(f, "ssmq.complex.Bbar") == "re_im");
+  CHECK(io::metadata_string(f, "ssmq.complex.C") == "re_im");
+  (void)io::expect_int_tensor(f, "s4_layers.0.kernel.Abar.phase.q", tensor_dtype::i8, {4, 5});
+  (void)io::expect_int_tensor(f, "s4_layers.0.kernel.C.q", tensor_dtype::i8, {4, 5, 2});
+  CHECK(io::quantized_from_safetensors(f).model.complex_forms() == mixed);
+
+  // The single key of the files written before formats per tensor still says all three.
+  const auto all_polar = io::quantized_to_safetensors(fx.calibrated("Abar6_Cbar3", complex_format::polar), fx.norm);
+  CHECK(all_polar.metadata.count("ssmq.complex") == 1);
+  CHECK_FALSE(all_polar.metadata.contains("ssmq.complex.Abar"));
+  CHECK(io::quantized_from_safetensors(all_polar).model.complex_forms() == complex_format::polar);
+
+  auto bad = f;
+  bad.metadata["ssmq.complex.Abar"] = "cartesian";
+  check_load_fails(bad, {"metadata 'ssmq.complex.Abar' = 'cartesian' (expected polar or re_im)"});
+  bad = f;  // a tensor without its key and no "ssmq.complex" to fall back on
+  bad.metadata.erase("ssmq.complex.C");
+  check_load_fails(bad, {"metadata 'ssmq.complex' is missing"});
+}
+
+TEST_CASE("the shipped quantized model file loads and is saved back to the same bytes") {
+  const fs::path path = fs::path(SSMQ_MODELS_DIR) / "smnist-s4d-h16-qat-hetero8.quant.safetensors";
+  const auto loaded = io::load_quantized_model(path);
+  CHECK(loaded.model.complex_forms() == ssmq::quant::complex_format::re_im);
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) == bytes);
 }
 
 TEST_CASE("malformed quantized model files are clear errors") {

@@ -246,7 +246,7 @@ TEST_CASE("polar at 16 bits: Ā within 1e-4 of float and logits within 1e-3") {
   const ssmq::quant::fake_quant_model ref(m, ssmq::precision_spec{});
   const ssmq::quant::fake_quant_model p16(m, ssmq::precision_from_name("Abar16m_Bbar16m_Cbar16m"),
                                           ssmq::quant::gelu_choice::automatic, ssmq::quant::complex_format::polar);
-  CHECK(p16.complex_form() == ssmq::quant::complex_format::polar);
+  CHECK(p16.complex_forms() == ssmq::quant::complex_format::polar);
   double max_abar = 0, max_logit = 0;
   for (std::size_t l = 0; l < 2; ++l)
     for (std::size_t i = 0; i < ref.layers()[l].abar_re.size(); ++i) {

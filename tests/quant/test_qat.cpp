@@ -16,6 +16,7 @@
 
 #include <ssmq/io/optimizer_state.hpp>
 #include <ssmq/io/qat_checkpoint.hpp>
+#include <ssmq/io/quantized_model.hpp>
 #include <ssmq/quant/qat_trainer.hpp>
 
 #include "../support/tiny_tasks.hpp"
@@ -462,6 +463,67 @@ TEST_CASE("a QAT checkpoint round-trips: same shadows, same calibration, same lo
     bad_scale.tensors.at("qat.act.layers.0.state.scale").values[0] = 0.0f;
     CHECK_THROWS_WITH_AS((void)ssmq::io::qat_from_safetensors(bad_scale), doctest::Contains("qat.act.layers.0.state"),
                          std::exception);
+  }
+}
+
+TEST_CASE("a polar QAT model as a quantized model file: Ā as magnitude and phase, B̄ and C̄ as (re, im), same logits") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(6, 8);
+  const auto norm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, norm, {6, ssmq::data::batch_order::sequential, 0, false});
+  const auto batch = first_batch(b);
+  using ssmq::quant::complex_format;
+  // Ā at 8 and 4 bits, and at fp32 (stored as plain F32 (re, im) pairs).
+  for (const char* config : {"Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6", "all4", "Bbar6_x8_act8"}) {
+    INFO(std::string(config));
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name(config), abar_parameterization::polar);
+    q.calibrate(b, 1, 1);
+    ssmq::quant::qat_options o;  // one step, so that the shadows are no longer the float model's
+    o.epochs = 1;
+    o.threads = 1;
+    o.micro_batch = 3;
+    o.adam.lr = o.adam.ssm_lr = 1e-2;
+    ssmq::train::adam<float> opt(q.shadows, o.adam);
+    ssmq::quant::qat_train(q, opt, b, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+
+    const auto pp = q.prepare();
+    std::vector<float> qat_logits(batch.size * 3);
+    q.forward(pp, batch.inputs.data(), batch.size, batch.length, qat_logits.data());
+    const ssmq::quant::fake_quant_model fm(q.parts(pp));
+    CHECK(fm.complex_forms() == ssmq::quant::complex_formats{complex_format::polar, complex_format::re_im,
+                                                             complex_format::re_im});
+    const auto file = ssmq::io::quantized_to_safetensors(fm, norm);
+    CHECK_FALSE(file.metadata.contains("ssmq.complex"));
+    CHECK(ssmq::io::metadata_string(file, "ssmq.complex.Abar") == "polar");
+    CHECK(ssmq::io::metadata_string(file, "ssmq.complex.Bbar") == "re_im");
+    CHECK(ssmq::io::metadata_string(file, "ssmq.complex.C") == "re_im");
+    const bool abar_quantized = std::string_view(config) != "Bbar6_x8_act8";
+    CHECK(file.tensors.contains("s4_layers.1.kernel.Abar.phase.q") == abar_quantized);
+    CHECK(file.tensors.contains("s4_layers.1.kernel.Abar") == !abar_quantized);
+    const auto loaded = ssmq::io::quantized_from_safetensors(ssmq::io::from_bytes(ssmq::io::to_bytes(file), "memory"));
+    CHECK(loaded.model.complex_forms() == fm.complex_forms());
+    // The file holds exactly the values QAT computes with.
+    for (std::size_t l = 0; l < pp.layers.size(); ++l) {
+      const auto& x = pp.layers[l];
+      const auto& y = loaded.model.layers()[l];
+      CHECK(x.abar_re == y.abar_re);
+      CHECK(x.abar_im == y.abar_im);
+      CHECK(x.bbar_re == y.bbar_re);
+      CHECK(x.c_im == y.c_im);
+      if (abar_quantized) {
+        CHECK(x.mag_q == y.abar_polar.mag);
+        CHECK(x.phase_q == y.abar_polar.phase);
+      }
+    }
+    for (std::size_t i = 0; i < batch.size; ++i) {
+      std::vector<float> expected(3), got(3);
+      fm.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, expected.data());
+      loaded.model.forward_sequence(batch.inputs.data() + i * batch.length, batch.length, got.data());
+      CHECK(std::memcmp(got.data(), expected.data(), 3 * sizeof(float)) == 0);
+      CHECK(std::memcmp(got.data(), qat_logits.data() + i * 3, 3 * sizeof(float)) == 0);
+    }
+    // Saving the loaded model gives the same bytes.
+    CHECK(ssmq::io::to_bytes(ssmq::io::quantized_to_safetensors(loaded.model, norm)) == ssmq::io::to_bytes(file));
   }
 }
 

@@ -9,7 +9,7 @@
 // and a tensor whose component is fp32 as F32 T. Ā, B̄, C̄ are [H, N/2, 2] (re, im), or in
 // polar format T.mag.* and T.phase.* [H, N/2]. Every static activation or state point P
 // stores P.scale and P.zero_point. The metadata holds the format tag, the model shape, the
-// configuration's canonical name, the GELU, the complex format and the input normalisation.
+// configuration's canonical name, the GELU, the complex formats and the input normalisation.
 // Saving refuses a model that a file could not rebuild exactly (a value off its grid, a
 // point that is not calibrated); loading checks every name, dtype, shape and level.
 #include <bit>
@@ -300,6 +300,39 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   return v == first;
 }
 
+/// The complex tensors by their names in the file: "ssmq.complex" holds the format of all
+/// three when they agree (the only key before formats per tensor), else each has its key
+/// "ssmq.complex.<name>", e.g. "ssmq.complex.Abar".
+struct complex_tensor {
+  std::string_view name;
+  quant::complex_format quant::complex_formats::*format;
+};
+inline constexpr complex_tensor complex_tensors[] = {{"Abar", &quant::complex_formats::abar},
+                                                     {"Bbar", &quant::complex_formats::bbar},
+                                                     {"C", &quant::complex_formats::cbar}};
+
+inline std::string_view complex_format_name(quant::complex_format f) {
+  return f == quant::complex_format::polar ? "polar" : "re_im";
+}
+
+inline void set_complex_metadata(safetensors_file& f, const quant::complex_formats& cf) {
+  if (cf.uniform())
+    set_metadata(f, "ssmq.complex", complex_format_name(cf.abar));
+  else
+    for (const auto& t : complex_tensors) set_metadata(f, cat("ssmq.complex.", t.name), complex_format_name(cf.*t.format));
+}
+
+/// Each tensor's key if the file has it, else "ssmq.complex" (required then).
+inline quant::complex_formats complex_formats_from_metadata(const safetensors_file& f) {
+  quant::complex_formats cf;
+  for (const auto& t : complex_tensors) {
+    std::string key = cat("ssmq.complex.", t.name);
+    if (!f.metadata.contains(key)) key = "ssmq.complex";
+    cf.*t.format = metadata_choice(f, key, "polar", "re_im") ? quant::complex_format::polar : quant::complex_format::re_im;
+  }
+  return cf;
+}
+
 }  // namespace detail
 
 /// The file of a calibrated model, with the input normalisation its data needs. Throws
@@ -314,7 +347,7 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   if (precision_from_name(name) != p.spec)
     throw std::invalid_argument(cat("ssmq: cannot save the quantized model: its configuration '", name,
                                     "' uses a calibration percentile other than 99.999, which its name cannot express"));
-  const quant::fake_quant_parts skeleton = quant::unfitted_parts(p.shape, p.spec, p.use_qgelu, p.complex_form);
+  const quant::fake_quant_parts skeleton = quant::unfitted_parts(p.shape, p.spec, p.use_qgelu, p.complex_forms);
   detail::point_collector expected;
   detail::walk_quantized(skeleton, expected);
   safetensors_file f;
@@ -325,7 +358,7 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
   set_shape_metadata(f, s, norm);
   set_metadata(f, "ssmq.precision", name);
   set_metadata(f, "ssmq.gelu", p.use_qgelu ? "qgelu" : "gelu");
-  set_metadata(f, "ssmq.complex", p.complex_form == quant::complex_format::polar ? "polar" : "re_im");
+  detail::set_complex_metadata(f, p.complex_forms);
   return f;
 }
 
@@ -346,11 +379,10 @@ inline bool metadata_choice(const safetensors_file& f, std::string_view key, std
     detail::fail(f.source, "metadata 'ssmq.precision': ", e.what());
   }
   const bool qgelu = detail::metadata_choice(f, "ssmq.gelu", "qgelu", "gelu");
-  const bool polar = detail::metadata_choice(f, "ssmq.complex", "polar", "re_im");
+  const quant::complex_formats forms = detail::complex_formats_from_metadata(f);
   const data::normalisation input_norm = normalisation_from_metadata(f);
 
-  quant::fake_quant_parts p =
-      quant::unfitted_parts(s, spec, qgelu, polar ? quant::complex_format::polar : quant::complex_format::re_im);
+  quant::fake_quant_parts p = quant::unfitted_parts(s, spec, qgelu, forms);
   const std::size_t H = s.heads;
   p.enc = nn::linear_params<float>(s.inputs, H);
   p.dec = nn::linear_params<float>(H, s.classes);

@@ -12,7 +12,7 @@
 //   (gelu_choice overrides); its output is the Linear's input -> acts quantizer ("lin_in")
 //   the encoder input and the decoder input (mean over time) -> acts quantizer
 //   Ā, B̄, C̄, D and every Linear weight are fake-quantized once; biases stay float. Ā, B̄, C̄
-//   as (re, im) pairs, or in polar form (magnitude, phase) with complex_format::polar.
+//   as (re, im) pairs, or in polar form (magnitude, phase), each in its own complex_format.
 // A component at fp32 is not quantized, and its clamps do not apply: the all-fp32 model
 // computes exactly the float recurrent model.
 #include <algorithm>
@@ -98,6 +98,17 @@ struct calibration_buffers {
   }
 };
 
+/// The complex format of each of Ā, B̄, C̄. PTQ uses one for all three; QAT's polar
+/// parameterization trains Ā as (magnitude, phase) while B̄ and C̄ stay (re, im).
+struct complex_formats {
+  complex_format abar, bbar, cbar;
+  /// One format for all three: `complex_format::polar` converts to Ā, B̄, C̄ all polar.
+  constexpr complex_formats(complex_format all = complex_format::re_im) noexcept : abar(all), bbar(all), cbar(all) {}
+  constexpr complex_formats(complex_format a, complex_format b, complex_format c) noexcept : abar(a), bbar(b), cbar(c) {}
+  [[nodiscard]] constexpr bool uniform() const noexcept { return abar == bbar && bbar == cbar; }
+  constexpr bool operator==(const complex_formats&) const noexcept = default;
+};
+
 struct quantized_layer {
   std::vector<float> abar_re, abar_im, bbar_re, bbar_im, c_re, c_im, d;  ///< fake-quantized values
   nn::linear_params<float> out;
@@ -117,37 +128,37 @@ struct fake_quant_parts {
   nn::linear_params<float> enc, dec;  ///< weights fake-quantized
   point_quantizer q_enc_in, q_dec_in, q_w_enc, q_w_dec;
   std::vector<quantized_layer> layers;
-  complex_format complex_form = complex_format::re_im;  ///< of Ā, B̄, C̄
+  complex_formats complex_forms{};  ///< of Ā, B̄, C̄
 };
 
 /// The parts of a model under `spec` with every point quantizer set up (spec, heads, format;
 /// parameter points static) but nothing fitted or calibrated, and no values: the skeleton
 /// that the conversion of a float model and the loading of a quantized model file fill.
 [[nodiscard]] inline fake_quant_parts unfitted_parts(const model_shape& shape, const precision_spec& spec,
-                                                     bool use_qgelu, complex_format cf = complex_format::re_im) {
+                                                     bool use_qgelu, complex_formats cf = {}) {
   const std::size_t H = shape.heads;
   auto point = [&](component c, std::size_t heads) { return point_quantizer{spec[c], heads, {}}; };
   // Parameters: their range always follows their own values.
-  auto parameter = [&](component c, std::size_t heads) {
+  auto parameter = [&](component c, std::size_t heads, complex_format f = complex_format::re_im) {
     point_quantizer q = point(c, heads);
     q.spec.mode = range_mode::static_range;
-    if (c == component::abar || c == component::bbar || c == component::cbar) q.format = cf;
+    q.format = f;
     return q;
   };
   fake_quant_parts p;
   p.shape = shape;
   p.spec = spec;
   p.use_qgelu = use_qgelu;
-  p.complex_form = cf;
+  p.complex_forms = cf;
   p.q_enc_in = point(component::acts, shape.inputs);
   p.q_dec_in = point(component::acts, H);
   p.q_w_enc = parameter(component::weights, H);
   p.q_w_dec = parameter(component::weights, shape.classes);
   for (std::size_t li = 0; li < shape.layers; ++li) {
     quantized_layer q;
-    q.q_abar = parameter(component::abar, H);
-    q.q_bbar = parameter(component::bbar, H);
-    q.q_cbar = parameter(component::cbar, H);
+    q.q_abar = parameter(component::abar, H, cf.abar);
+    q.q_bbar = parameter(component::bbar, H, cf.bbar);
+    q.q_cbar = parameter(component::cbar, H, cf.cbar);
     q.q_d = parameter(component::d, H);
     q.q_w_out = parameter(component::weights, 2 * H);
     q.q_state = point(component::state, H);
@@ -167,7 +178,7 @@ class fake_quant_model {
   explicit fake_quant_model(fake_quant_parts p)
       : shape_(p.shape), spec_(p.spec), use_qgelu_(p.use_qgelu), enc_(std::move(p.enc)), dec_(std::move(p.dec)),
         q_enc_in_(std::move(p.q_enc_in)), q_dec_in_(std::move(p.q_dec_in)), q_w_enc_(std::move(p.q_w_enc)),
-        q_w_dec_(std::move(p.q_w_dec)), layers_(std::move(p.layers)), complex_form_(p.complex_form) {
+        q_w_dec_(std::move(p.q_w_dec)), layers_(std::move(p.layers)), complex_forms_(p.complex_forms) {
     shape_.validate();
     const std::size_t H = shape_.heads, HM = H * shape_.modes();
     auto need = [](bool ok, const char* what) {
@@ -180,11 +191,11 @@ class fake_quant_model {
       for (const auto* v : {&l.abar_re, &l.abar_im, &l.bbar_re, &l.bbar_im, &l.c_re, &l.c_im}) need(v->size() == HM, "an SSM tensor");
       need(l.d.size() == H, "D");
       need(l.out.in == H && l.out.out == 2 * H && l.out.W.size() == 2 * H * H && l.out.bias.size() == 2 * H, "an output linear");
-      for (const auto* q : {&l.q_abar, &l.q_bbar, &l.q_cbar})
-        if (q->format != complex_form_)
-          throw std::invalid_argument("ssmq: fake-quantized model parts: a complex point's format is not the model's");
+      if (l.q_abar.format != complex_forms_.abar || l.q_bbar.format != complex_forms_.bbar ||
+          l.q_cbar.format != complex_forms_.cbar)
+        throw std::invalid_argument("ssmq: fake-quantized model parts: a complex point's format is not the model's");
       auto polar_ok = [&](const point_quantizer& q, const polar_values& v) {
-        return complex_form_ == complex_format::re_im || !q.active() || (v.mag.size() == HM && v.phase.size() == HM);
+        return q.format == complex_format::re_im || !q.active() || (v.mag.size() == HM && v.phase.size() == HM);
       };
       need(polar_ok(l.q_abar, l.abar_polar) && polar_ok(l.q_bbar, l.bbar_polar) && polar_ok(l.q_cbar, l.c_polar),
            "a polar magnitude or phase");
@@ -193,20 +204,20 @@ class fake_quant_model {
 
   /// The parts of this model (a copy).
   [[nodiscard]] fake_quant_parts parts() const {
-    return {shape_, spec_, use_qgelu_, enc_, dec_, q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_, layers_, complex_form_};
+    return {shape_, spec_, use_qgelu_, enc_, dec_, q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_, layers_, complex_forms_};
   }
 
   /// Discretises `m` (its own discretisation), and fake-quantizes its parameters under `spec`,
-  /// its complex tensors in format `cf`.
+  /// its complex tensors in formats `cf`.
   fake_quant_model(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu = gelu_choice::automatic,
-                   complex_format cf = complex_format::re_im)
+                   complex_formats cf = {})
       : fake_quant_model(quantize(m, spec, gelu, cf)) {}
 
   [[nodiscard]] const model_shape& shape() const noexcept { return shape_; }
   [[nodiscard]] const precision_spec& spec() const noexcept { return spec_; }
   [[nodiscard]] const std::vector<quantized_layer>& layers() const noexcept { return layers_; }
   [[nodiscard]] bool uses_qgelu() const noexcept { return use_qgelu_; }
-  [[nodiscard]] complex_format complex_form() const noexcept { return complex_form_; }
+  [[nodiscard]] const complex_formats& complex_forms() const noexcept { return complex_forms_; }
   /// Use the scalar reference of the SSM step instead of the xsimd one (bit-identical).
   void use_scalar_reference(bool on) noexcept { scalar_reference_ = on; }
 
@@ -402,7 +413,7 @@ class fake_quant_model {
   /// The parts of `m` discretised and its parameters fake-quantized (ranges from their own
   /// values); activation and state points still to calibrate.
   static fake_quant_parts quantize(const s4d_model<float>& m, const precision_spec& spec, gelu_choice gelu,
-                                   complex_format cf) {
+                                   complex_formats cf) {
     const bool use_qgelu = gelu == gelu_choice::qgelu || (gelu == gelu_choice::automatic && spec[component::acts].quantized());
     fake_quant_parts p = unfitted_parts(m.shape(), spec, use_qgelu, cf);
     const std::size_t M = p.shape.modes();
@@ -462,7 +473,7 @@ class fake_quant_model {
   nn::linear_params<float> enc_, dec_;
   point_quantizer q_enc_in_, q_dec_in_, q_w_enc_, q_w_dec_;
   std::vector<quantized_layer> layers_;
-  complex_format complex_form_ = complex_format::re_im;
+  complex_formats complex_forms_{};
 };
 
 }  // namespace ssmq::quant

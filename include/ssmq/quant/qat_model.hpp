@@ -266,10 +266,8 @@ class qat_model {
           fq_real(l.q_abar_phase, s.abar1, M, l.phase_q, l.m_a1);
           l.abar_re.resize(H * M);
           l.abar_im.resize(H * M);
-          for (std::size_t i = 0; i < H * M; ++i) {
-            l.abar_re[i] = l.mag_q[i] * std::cos(l.phase_q[i]);
-            l.abar_im[i] = l.mag_q[i] * std::sin(l.phase_q[i]);
-          }
+          // As a quantized model file rebuilds it from the levels (parts()).
+          from_polar({l.mag_q, l.phase_q}, l.abar_re, l.abar_im);
           break;
       }
       fq_complex(l.q_bbar, bre, bim, M, l.bbar_re, l.bbar_im, l.m_bre, l.m_bim);
@@ -294,6 +292,8 @@ class qat_model {
     p.q_dec_in = q_dec_in_;
     p.q_w_enc = pp.q_w_enc;
     p.q_w_dec = pp.q_w_dec;
+    const bool polar = shadows.param == abar_parameterization::polar;
+    if (polar) p.complex_forms.abar = complex_format::polar;
     for (std::size_t i = 0; i < pp.layers.size(); ++i) {
       const auto& l = pp.layers[i];
       quantized_layer q;
@@ -307,6 +307,11 @@ class qat_model {
       q.out = l.out;
       q.norm = shadows.layers[i].norm;
       q.q_abar = l.q_abar;
+      if (polar) {  // Ā as its quantized magnitude and phase, which prepare() rebuilt re/im from
+        q.q_abar.format = complex_format::polar;
+        q.q_abar.phase_params = l.q_abar_phase.params;
+        if (q.q_abar.active()) q.abar_polar = {l.mag_q, l.phase_q};
+      }
       q.q_bbar = l.q_bbar;
       q.q_cbar = l.q_cbar;
       q.q_d = l.q_d;
