@@ -54,7 +54,7 @@ ssmq::data::image_dataset random_images(std::size_t n) {
 /// The SSM of one layer as the scan sees it: Ā inside the unit circle, an 8-bit state.
 struct scan_fixture {
   std::vector<float> ar, ai, br, bi, cr, ci, z, y, gy, gz, states, g_ar, g_ai, g_br, g_bi, g_cr, g_ci;
-  std::vector<std::int32_t> codes;
+  std::vector<std::uint8_t> codes;
   std::vector<ssmq::affine_params> params;
   ssmq::quant::ssm_step_weights w{};
   ssmq::quant::state_quantizer q{};

@@ -243,7 +243,7 @@ TEST_CASE("the QAT scan computes exactly PTQ's step: same states and outputs, bi
     }
     for (const bool simd : {false, true}) {
       std::vector<float> y(H * L), states(L * H * 2 * M);
-      std::vector<std::int32_t> codes(L * H * M);
+      std::vector<std::uint8_t> codes(L * H * M);
       const auto c = simd ? ssmq::quant::qat_scan_forward<true>(w, q, z.data(), y.data(), L, L, states.data(), codes.data())
                           : ssmq::quant::qat_scan_forward<false>(w, q, z.data(), y.data(), L, L, states.data(), codes.data());
       INFO("bits=" << bits << " simd=" << simd);
@@ -270,7 +270,7 @@ scan_case run_scan(std::size_t M, float lo, float hi, const std::vector<float>& 
   ssmq::quant::state_quantizer q{true, false, spec, &p, true, 50.0f, true};
   const ssmq::quant::ssm_step_weights w{ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), 1, M};
   std::vector<float> y(L), states(L * 2 * M);
-  std::vector<std::int32_t> codes(L * M);
+  std::vector<std::uint8_t> codes(L * M);
   ssmq::quant::qat_scan_forward<Simd>(w, q, z.data(), y.data(), L, L, states.data(), codes.data());
   scan_case c;
   c.gz.assign(L, 0.0f);

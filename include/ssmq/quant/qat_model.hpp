@@ -97,7 +97,7 @@ struct qat_cache {
   struct layer {
     std::vector<float> in, z0, z_xhat, z_rstd, z, y, yc, y2, y2q, g, gq, o, r, r_xhat, r_rstd, out;
     std::vector<float> states;        ///< every SSM state [B, L, H, 2M] (kept rather than recomputed)
-    std::vector<std::int32_t> codes;  ///< every step's straight-through masks [B, L, H, M]
+    std::vector<std::uint8_t> codes;  ///< every step's straight-through masks [B, L, H, M]
   };
   std::size_t B = 0, L = 0;
   bool for_backward = true;  ///< false: buffers reused for inference only (no states, no codes)
@@ -495,7 +495,7 @@ class qat_model {
       for (std::size_t b = 0; b < B; ++b) {
         const std::size_t row = b * H * L;
         const float* st = lc.states.data() + b * L * H * 2 * M;
-        const std::int32_t* cd = lc.codes.data() + b * L * H * M;
+        const std::uint8_t* cd = lc.codes.data() + b * L * H * M;
         if (scalar_reference_)
           qat_scan_backward<false>(w, q, lc.z.data() + row, dg.data() + row, dz.data() + row, L, L, st, cd, sg);
         else
@@ -651,7 +651,7 @@ class qat_model {
   }
   /// The SSM of every head of one sequence (z, y: [H, L]).
   std::uint64_t scan_forward(const qat_prepared::layer& pl, const point_quantizer& state, const float* z, float* y,
-                             std::size_t L, float* states, std::int32_t* codes) const {
+                             std::size_t L, float* states, std::uint8_t* codes) const {
     const ssm_step_weights w = layer_weights(pl);
     const state_quantizer q = layer_state(state);
     return scalar_reference_ ? qat_scan_forward<false>(w, q, z, y, L, L, states, codes)

@@ -2,7 +2,7 @@
 // The fake-quantized SSM of one sequence (all heads) over all time steps, forward and
 // backward, for QAT. Forward: the step of ssm_step.hpp (same operations, so QAT simulates
 // exactly what PTQ evaluates); when recording, it keeps every state and, per step and mode, a
-// code of the straight-through masks. Backward: backpropagation through time with the
+// one-byte code of the straight-through masks. Backward: backpropagation through time with the
 // straight-through rules of the paper (docs/qat.md):
 //   x_k = FQ_x(clamp(s_k, ±50)),  s_k = FQ_x(Ā x_{k-1}) + FQ_x(B̄ z_k),  y_k = 2 Re(C̄ x_k)
 //   - each FQ_x passes the gradient only where its unclamped level lies in [qmin, qmax]
@@ -41,16 +41,16 @@ template <>
 struct lane_ops<float> {
   using mask = bool;
   using code = std::int32_t;
+  static constexpr std::size_t size = 1;
   static float load(const float* p) noexcept { return *p; }
   /// Bit `bit` where m holds, else 0 (codes record the step's straight-through masks).
   static code bit_if(bool m, int bit) noexcept { return m ? (std::int32_t{1} << bit) : 0; }
-  static code load_code(const std::int32_t* p) noexcept { return *p; }
-  static void store_code(std::int32_t* p, code c) noexcept { *p = c; }
+  static code load_code(const std::uint8_t* p) noexcept { return *p; }
+  static void store_code(std::uint8_t* p, code c) noexcept { *p = static_cast<std::uint8_t>(c); }
   /// g where bit `bit` of c is set, else +0.
   static float keep(code c, int bit, float g) noexcept { return ((c >> bit) & 1) ? g : 0.0f; }
   static void store(float* p, float v) noexcept { *p = v; }
   static float select(bool m, float a, float b) noexcept { return m ? a : b; }
-  static bool is_nan(float v) noexcept { return std::isnan(v); }
   static float floor(float v) noexcept { return std::floor(v); }
 };
 template <class A>
@@ -58,32 +58,47 @@ struct lane_ops<xsimd::batch<float, A>> {
   using V = xsimd::batch<float, A>;
   using mask = xsimd::batch_bool<float, A>;
   using code = xsimd::batch<std::int32_t, A>;
+  static constexpr std::size_t size = V::size;
   static V load(const float* p) noexcept { return V::load_unaligned(p); }
   static code bit_if(mask m, int bit) noexcept {
     return xsimd::bitwise_cast<code>(xsimd::bitwise_cast(m)) & code(std::int32_t{1} << bit);
   }
-  static code load_code(const std::int32_t* p) noexcept { return code::load_unaligned(p); }
-  static void store_code(std::int32_t* p, code c) noexcept { c.store_unaligned(p); }
+  /// Codes take one byte per mode in memory (a quarter of the recorded traffic of int32); GCC
+  /// turns these loops into one widening load and one narrowing store (vpmovzxbd, vpmovdb).
+  static code load_code(const std::uint8_t* p) noexcept {
+    alignas(64) std::int32_t t[size];
+    for (std::size_t j = 0; j < size; ++j) t[j] = p[j];
+    return code::load_aligned(t);
+  }
+  static void store_code(std::uint8_t* p, code c) noexcept {
+    alignas(64) std::int32_t t[size];
+    c.store_aligned(t);
+    for (std::size_t j = 0; j < size; ++j) p[j] = static_cast<std::uint8_t>(t[j]);
+  }
   /// All-ones lanes where the bit is set (shifted to the sign, then spread), AND g: g or +0.
   static V keep(code c, int bit, V g) noexcept {
     return xsimd::bitwise_cast<V>((c << (31 - bit)) >> 31) & g;
   }
   static void store(float* p, V v) noexcept { v.store_unaligned(p); }
   static V select(mask m, V a, V b) noexcept { return xsimd::select(m, a, b); }
-  static mask is_nan(V v) noexcept { return xsimd::isnan(v); }
   static V floor(V v) noexcept { return xsimd::floor(v); }
 };
 
-/// How many lanes of v lie outside [-c, c] (the state clamp's count).
-inline std::uint64_t count_outside(float v, float c) noexcept { return std::fabs(v) > c; }
+/// How many lanes of v and w lie outside [-c, c] (the state clamp's count); `in`: the lanes
+/// where both lie inside (all of them, the common case, needs no count).
+inline std::uint64_t count_outside(float v, float w, bool in, float c) noexcept {
+  return in ? 0 : (std::fabs(v) > c) + (std::fabs(w) > c);
+}
 template <class A>
-std::uint64_t count_outside(xsimd::batch<float, A> v, float c) noexcept {
-  const auto outside = xsimd::abs(v) > xsimd::batch<float, A>(c);
-  if (!xsimd::any(outside)) return 0;  // the common case
-  alignas(64) float lanes_v[xsimd::batch<float, A>::size];
+std::uint64_t count_outside(xsimd::batch<float, A> v, xsimd::batch<float, A> w, xsimd::batch_bool<float, A> in,
+                            float c) noexcept {
+  if (xsimd::all(in)) return 0;
+  constexpr std::size_t W = xsimd::batch<float, A>::size;
+  alignas(64) float lanes_v[W], lanes_w[W];
   v.store_aligned(lanes_v);
+  w.store_aligned(lanes_w);
   std::uint64_t n = 0;
-  for (float x : lanes_v) n += std::fabs(x) > c;
+  for (std::size_t j = 0; j < W; ++j) n += count_outside(lanes_v[j], lanes_w[j], false, c);
   return n;
 }
 
@@ -101,27 +116,24 @@ struct fq_lanes {
     const V f = ops::floor(v);
     return ops::select((v - f) >= V(0.5f), f + V(1.0f), f) + zp;
   }
-  /// kernels::scalar::fake_quant_value (NaN passes through).
-  [[nodiscard, gnu::always_inline]] V fake_quant(V x) const noexcept {
-    const V c = unclamped(x);
-    const V l = ops::select(c < lo, lo, ops::select(c > hi, hi, c));
-    return ops::select(ops::is_nan(x), x, (l - zp) * scale);
-  }
-  /// fake_quant(x), and in `pass` whether x's level lies in [qmin, qmax] (the estimator's mask).
+  /// kernels::scalar::fake_quant_value, and in `pass` whether x's level lies in [qmin, qmax]
+  /// (the estimator's mask): the clamped level equals the unclamped one. NaN x needs no
+  /// select: its level is NaN, both clamp compares fail, so the level and the value stay NaN.
   [[nodiscard, gnu::always_inline]] V fake_quant(V x, typename ops::mask& pass) const noexcept {
     const V c = unclamped(x);
-    pass = (c >= lo) && (c <= hi);
     const V l = ops::select(c < lo, lo, ops::select(c > hi, hi, c));
-    return ops::select(ops::is_nan(x), x, (l - zp) * scale);
+    pass = l == c;
+    return (l - zp) * scale;
   }
   [[nodiscard, gnu::always_inline]] static V clip(V g) noexcept {
     return ops::select(g < V(-state_grad_clip), V(-state_grad_clip), ops::select(g > V(state_grad_clip), V(state_grad_clip), g));
   }
 };
 
-/// Bits of a step's mask code, one code per mode: where the straight-through estimator passes
-/// for Ā x_{k-1} and B̄ z_k (re, im), and for the new state (its quantizer and the clamp).
-enum code_bit : int { a_re = 0, a_im = 1, b_re = 2, b_im = 3, x_re = 4, x_im = 5 };
+/// Bits of a step's mask code, one code per mode: where the gradient of the new state reaches
+/// Ā x_{k-1} and B̄ z_k (re, im), i.e. where the state's estimators (its quantizer and the
+/// clamp) and that term's estimator all pass (the backward pass needs only these products).
+enum code_bit : int { a_re = 0, a_im = 1, b_re = 2, b_im = 3 };
 
 /// What one forward step reads and updates, per head.
 struct scan_forward_args {
@@ -129,57 +141,91 @@ struct scan_forward_args {
   const float *xpr, *xpi;                    ///< x_{k-1}
   float *xr, *xi;                            ///< x_k (may alias x_{k-1})
   float z;                                   ///< z_k
-  std::int32_t* code;                        ///< [M] mask codes of this step (Record only)
+  std::uint8_t* code;                        ///< [M] mask codes of this step (Record only)
 };
 
-/// Forward of one step for the modes [i, i + lanes of V) (ssm_step's operations, fused);
-/// adds cr xr - ci xi into acc and the clamp's firings into clamped; with Record, stores the
-/// step's straight-through masks as codes for the backward pass.
-template <bool Record, class V>
-[[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, bool active,
-                                                      bool clamp_on, float clamp, const fq_lanes<V>& fq, V& acc,
-                                                      std::uint64_t& clamped) noexcept {
+/// What a forward pass does at every step, fixed per pass (so the lanes' code has no branches).
+template <bool Record, bool Active, bool Clamp>
+struct forward_kind {
+  static constexpr bool record = Record;  ///< store the mask codes
+  static constexpr bool active = Active;  ///< quantize the state
+  static constexpr bool clamp = Clamp;    ///< clamp the state
+};
+
+/// Forward of one step for the U blocks of modes [i + u S, i + (u + 1) S), S the lanes of V
+/// (ssm_step's operations, fused): adds each block's cr xr - ci xi into acc (blocks in order)
+/// and the clamp's firings into clamped; with K::record, stores the step's straight-through
+/// masks as codes for the backward pass. Each stage runs over the U blocks in turn, so that
+/// their independent dependency chains interleave in the instruction stream (the recurrence
+/// is latency-bound: one block alone leaves the out-of-order window short of work).
+template <class K, std::size_t U, class V>
+[[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, float clamp,
+                                                      const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
   using ops = lane_ops<V>;
   using mask = typename ops::mask;
-  const V ar = ops::load(a.ar + i), ai = ops::load(a.ai + i), xr = ops::load(a.xpr + i), xi = ops::load(a.xpi + i);
+  constexpr std::size_t S = ops::size;
   const V z(a.z);
-  V pr = ar * xr - ai * xi, pi = ar * xi + ai * xr;
-  V br = ops::load(a.br + i) * z, bi = ops::load(a.bi + i) * z;
-  mask m_ar(true), m_ai(true), m_br(true), m_bi(true), m_xr(true), m_xi(true);
-  if (active) {
-    pr = fq.fake_quant(pr, m_ar);
-    pi = fq.fake_quant(pi, m_ai);
-    br = fq.fake_quant(br, m_br);
-    bi = fq.fake_quant(bi, m_bi);
+  V pr[U], pi[U], br[U], bi[U], sr[U], si[U];
+  mask m_ar[U], m_ai[U], m_br[U], m_bi[U], m_xr[U], m_xi[U];
+  for (std::size_t u = 0; u < U; ++u) m_ar[u] = m_ai[u] = m_br[u] = m_bi[u] = m_xr[u] = m_xi[u] = mask(true);
+  for (std::size_t u = 0; u < U; ++u) {
+    const std::size_t n = i + u * S;
+    const V ar = ops::load(a.ar + n), ai = ops::load(a.ai + n), xr = ops::load(a.xpr + n), xi = ops::load(a.xpi + n);
+    pr[u] = ar * xr - ai * xi;
+    pi[u] = ar * xi + ai * xr;
+    br[u] = ops::load(a.br + n) * z;
+    bi[u] = ops::load(a.bi + n) * z;
   }
-  V sr = pr + br, si = pi + bi;
-  if (clamp_on) {
+  if constexpr (K::active)
+    for (std::size_t u = 0; u < U; ++u) {
+      pr[u] = fq.fake_quant(pr[u], m_ar[u]);
+      pi[u] = fq.fake_quant(pi[u], m_ai[u]);
+      br[u] = fq.fake_quant(br[u], m_br[u]);
+      bi[u] = fq.fake_quant(bi[u], m_bi[u]);
+    }
+  for (std::size_t u = 0; u < U; ++u) {
+    sr[u] = pr[u] + br[u];
+    si[u] = pi[u] + bi[u];
+  }
+  if constexpr (K::clamp) {
+    // The clamp passes where it leaves s unchanged (NaN: nowhere).
     const V c(clamp), mc(-clamp);
-    clamped += count_outside(sr, clamp) + count_outside(si, clamp);
-    m_xr = (sr >= mc) && (sr <= c);
-    m_xi = (si >= mc) && (si <= c);
-    sr = ops::select(sr < mc, mc, ops::select(sr > c, c, sr));
-    si = ops::select(si < mc, mc, ops::select(si > c, c, si));
+    for (std::size_t u = 0; u < U; ++u) {
+      const V cr = ops::select(sr[u] < mc, mc, ops::select(sr[u] > c, c, sr[u]));
+      const V ci = ops::select(si[u] < mc, mc, ops::select(si[u] > c, c, si[u]));
+      m_xr[u] = cr == sr[u];
+      m_xi[u] = ci == si[u];
+      clamped += count_outside(sr[u], si[u], m_xr[u] && m_xi[u], clamp);
+      sr[u] = cr;
+      si[u] = ci;
+    }
   }
-  if (active) {
-    mask pass_r, pass_i;
-    sr = fq.fake_quant(sr, pass_r);
-    si = fq.fake_quant(si, pass_i);
-    m_xr = m_xr && pass_r;
-    m_xi = m_xi && pass_i;
+  if constexpr (K::active)
+    for (std::size_t u = 0; u < U; ++u) {
+      mask pass_r, pass_i;
+      sr[u] = fq.fake_quant(sr[u], pass_r);
+      si[u] = fq.fake_quant(si[u], pass_i);
+      m_xr[u] = m_xr[u] && pass_r;
+      m_xi[u] = m_xi[u] && pass_i;
+    }
+  for (std::size_t u = 0; u < U; ++u) {
+    const std::size_t n = i + u * S;
+    ops::store(a.xr + n, sr[u]);
+    ops::store(a.xi + n, si[u]);
+    acc = acc + (ops::load(a.cr + n) * sr[u] - ops::load(a.ci + n) * si[u]);
   }
-  ops::store(a.xr + i, sr);
-  ops::store(a.xi + i, si);
-  acc = acc + (ops::load(a.cr + i) * sr - ops::load(a.ci + i) * si);
-  if constexpr (Record)
-    ops::store_code(a.code + i, ops::bit_if(m_ar, a_re) | ops::bit_if(m_ai, a_im) | ops::bit_if(m_br, b_re) |
-                                    ops::bit_if(m_bi, b_im) | ops::bit_if(m_xr, x_re) | ops::bit_if(m_xi, x_im));
+  if constexpr (K::record)
+    for (std::size_t u = 0; u < U; ++u)
+      ops::store_code(a.code + i + u * S,
+                      ops::bit_if(m_ar[u] && m_xr[u], a_re) | ops::bit_if(m_ai[u] && m_xi[u], a_im) |
+                          ops::bit_if(m_br[u] && m_xr[u], b_re) | ops::bit_if(m_bi[u] && m_xi[u], b_im));
 }
 
 /// One forward step over all M modes; returns sum_n Re(C̄ x_k) in the lane-blocked order.
-template <bool Simd, bool Record>
-inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const state_quantizer& q,
-                               const affine_params& p, int_limits lim, std::uint64_t& clamped) {
+/// Scalar: V = float over lane blocks; SIMD: batches, two blocks at a time.
+template <bool Simd, class K>
+inline float scan_forward_step(const scan_forward_args& a, std::size_t M, float clamp, const affine_params& p,
+                               int_limits lim, std::uint64_t& clamped) {
   constexpr std::size_t W = lanes;
   const fq_lanes<float> fq1(p, lim);
   float partial[W] = {};
@@ -188,18 +234,18 @@ inline float scan_forward_step(const scan_forward_args& a, std::size_t M, const 
     using B = xsimd::batch<float>;
     const fq_lanes<B> fqb(p, lim);
     B acc(0.0f);
-    for (; i + W <= M; i += W) scan_forward_lanes<Record, B>(a, i, q.active, q.clamp_enabled, q.clamp, fqb, acc, clamped);
+    for (; i + 2 * W <= M; i += 2 * W) scan_forward_lanes<K, 2>(a, i, clamp, fqb, acc, clamped);
+    for (; i + W <= M; i += W) scan_forward_lanes<K, 1>(a, i, clamp, fqb, acc, clamped);
     acc.store_unaligned(partial);
   } else {
     for (; i + W <= M; i += W)
-      for (std::size_t j = 0; j < W; ++j)
-        scan_forward_lanes<Record, float>(a, i + j, q.active, q.clamp_enabled, q.clamp, fq1, partial[j], clamped);
+      for (std::size_t j = 0; j < W; ++j) scan_forward_lanes<K, 1>(a, i + j, clamp, fq1, partial[j], clamped);
   }
   float s = 0.0f;
   for (std::size_t j = 0; j < W; ++j) s += partial[j];
   for (; i < M; ++i) {
     float t = 0.0f;
-    scan_forward_lanes<Record, float>(a, i, q.active, q.clamp_enabled, q.clamp, fq1, t, clamped);
+    scan_forward_lanes<K, 1>(a, i, clamp, fq1, t, clamped);
     s += t;
   }
   return s;
@@ -210,7 +256,7 @@ struct scan_step_args {
   const float *ar, *ai, *br, *bi, *cr, *ci;  ///< Ā, B̄, C̄ of the head [M]
   const float *xr, *xi;                      ///< x_k
   const float *xpr, *xpi;                    ///< x_{k-1} (zeros at k = 0)
-  const std::int32_t* code;                  ///< the step's mask codes [M]
+  const std::uint8_t* code;                  ///< the step's mask codes [M]
   float z, two_g;                            ///< z_k and 2 dL/dy_k
   float *gxr, *gxi;                          ///< in: dL/dx_k from later steps; out: dL/dx_{k-1}
   scan_grads g;
@@ -235,8 +281,6 @@ template <class V>
     gr = fq_lanes<V>::clip(gr);
     gi = fq_lanes<V>::clip(gi);
   }
-  gr = ops::keep(code, x_re, gr);
-  gi = ops::keep(code, x_im, gi);
   const V gar = ops::keep(code, a_re, gr), gai = ops::keep(code, a_im, gi);
   const V gbr = ops::keep(code, b_re, gr), gbi = ops::keep(code, b_im, gi);
   // b = B̄ z: dL/dB̄ += dL/db z; dL/dz += Re(conj(B̄) dL/db).
@@ -276,6 +320,19 @@ inline float scan_backward_step(const scan_step_args& a, std::size_t M, bool act
   return gz;
 }
 
+/// A training micro-batch's states and codes far exceed the caches, and the passes walk them
+/// one step at a time (the forward upwards, the backward downwards), each step's rows a jump
+/// from the last, which the hardware prefetchers do not follow: each head asks for its rows
+/// this many steps ahead.
+inline constexpr std::size_t prefetch_steps = 8;
+
+/// Asks the cache for the lines of [p, p + bytes), to read them, or with Write to write them.
+template <bool Write>
+inline void prefetch(const void* p, std::size_t bytes) noexcept {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, Write ? 1 : 0);
+}
+
 }  // namespace detail
 
 /// The state parameters of head h (a static quantizer: per head, or one for the tensor).
@@ -286,14 +343,14 @@ inline affine_params head_params(const state_quantizer& q, std::size_t h) noexce
 /// Forward over the heads of one sequence: z [heads, L] -> y [heads, L] (rows `stride` apart;
 /// y_k = 2 Re(C̄ x_k), before D z and the output quantizers). A quantized state needs static
 /// parameters. With `states` ([L, heads, 2M]: re then im of each head's x_k) and `codes`
-/// ([L, heads, M]: each step's straight-through masks) the pass records what the backward pass
-/// needs. Each time step runs all heads: their recurrences are independent chains, so the CPU
+/// ([L, heads, M] bytes: each step's straight-through masks) the pass records what the
+/// backward pass needs. Each time step runs all heads: their recurrences are independent chains, so the CPU
 /// overlaps them. Returns how often the state clamp fired. Simd selects the lane type; both
 /// give the results of ssm_step (same operations, same summation order).
 template <bool Simd>
 std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer& q, const float* z, float* y,
                                std::size_t L, std::size_t stride, float* states = nullptr,
-                               std::int32_t* codes = nullptr) {
+                               std::uint8_t* codes = nullptr) {
   const std::size_t H = w.heads, M = w.modes, S = H * 2 * M;
   const int_limits lim = q.active ? q.spec.limits() : int_limits{0, 0};
   thread_local std::vector<float> zeros, ping;  // x_{-1} = 0; without `states`, x lives in `ping`
@@ -301,21 +358,37 @@ std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer&
   ping.resize(S);
   const bool record = states != nullptr && codes != nullptr;
   std::uint64_t clamped = 0;
-  for (std::size_t k = 0; k < L; ++k) {
-    const float* xp = k == 0 ? zeros.data() : states != nullptr ? states + (k - 1) * S : ping.data();
-    float* x = states != nullptr ? states + k * S : ping.data();
-    for (std::size_t h = 0; h < H; ++h) {
-      const std::size_t o = h * M, so = 2 * o;
-      const detail::scan_forward_args a{w.abar_re + o, w.abar_im + o, w.bbar_re + o, w.bbar_im + o,
-                                        w.c_re + o,    w.c_im + o,    xp + so,       xp + so + M,
-                                        x + so,        x + so + M,    z[h * stride + k],
-                                        record ? codes + (k * H + h) * M : nullptr};
-      const affine_params p = head_params(q, h);
-      const float s = record ? detail::scan_forward_step<Simd, true>(a, M, q, p, lim, clamped)
-                             : detail::scan_forward_step<Simd, false>(a, M, q, p, lim, clamped);
-      y[h * stride + k] = 2.0f * s;
+  auto run = [&](auto kind) {
+    using K = decltype(kind);
+    constexpr std::size_t P = detail::prefetch_steps;
+    for (std::size_t k = 0; k < L; ++k) {
+      const float* xp = k == 0 ? zeros.data() : states != nullptr ? states + (k - 1) * S : ping.data();
+      float* x = states != nullptr ? states + k * S : ping.data();
+      for (std::size_t h = 0; h < H; ++h) {
+        const std::size_t o = h * M, so = 2 * o;
+        const detail::scan_forward_args a{w.abar_re + o, w.abar_im + o, w.bbar_re + o, w.bbar_im + o,
+                                          w.c_re + o,    w.c_im + o,    xp + so,       xp + so + M,
+                                          x + so,        x + so + M,    z[h * stride + k],
+                                          record ? codes + (k * H + h) * M : nullptr};
+        y[h * stride + k] = 2.0f * detail::scan_forward_step<Simd, K>(a, M, q.clamp, head_params(q, h), lim, clamped);
+        if (K::record && k + P < L) {
+          detail::prefetch<true>(states + (k + P) * S + so, 2 * M * sizeof(float));
+          detail::prefetch<true>(codes + ((k + P) * H + h) * M, M);
+        }
+      }
     }
-  }
+  };
+  // One instantiation of the steps per combination of the pass's flags.
+  auto with_clamp = [&]<bool R, bool A>() {
+    if (q.clamp_enabled) run(detail::forward_kind<R, A, true>{});
+    else run(detail::forward_kind<R, A, false>{});
+  };
+  auto with_active = [&]<bool R>() {
+    if (q.active) with_clamp.template operator()<R, true>();
+    else with_clamp.template operator()<R, false>();
+  };
+  if (record) with_active.template operator()<true>();
+  else with_active.template operator()<false>();
   return clamped;
 }
 
@@ -324,12 +397,13 @@ std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer&
 /// parameter gradients (`g` points at [heads * M] arrays).
 template <bool Simd>
 void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, const float* z, const float* gy,
-                       float* gz, std::size_t L, std::size_t stride, const float* states, const std::int32_t* codes,
+                       float* gz, std::size_t L, std::size_t stride, const float* states, const std::uint8_t* codes,
                        const scan_grads& g) {
   const std::size_t H = w.heads, M = w.modes, S = H * 2 * M;
   thread_local std::vector<float> gx, zeros;
   gx.assign(S, 0.0f);
   zeros.assign(S, 0.0f);
+  constexpr std::size_t P = detail::prefetch_steps;
   for (std::size_t k = L; k-- > 0;) {
     const float* xk = states + k * S;
     const float* xp = k > 0 ? states + (k - 1) * S : zeros.data();
@@ -342,6 +416,10 @@ void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, cons
                                      z[h * stride + k],  2.0f * gy[h * stride + k], gx.data() + so, gx.data() + so + M,
                                      gh};
       gz[h * stride + k] += detail::scan_backward_step<Simd>(a, M, q.active);
+      if (k > P) {
+        detail::prefetch<false>(states + (k - 1 - P) * S + so, 2 * M * sizeof(float));
+        detail::prefetch<false>(codes + ((k - P) * H + h) * M, M);
+      }
     }
   }
 }
