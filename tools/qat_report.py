@@ -76,9 +76,6 @@ def main():
     w("`PTQ` is the same configuration before QAT, on the same test split.")
     w("")
 
-    def row_or_missing(name):
-        return runs.get(name)
-
     # Headline points: runs named <point>-<recipe>-s<seed> with 10 epochs, grouped by recipe.
     w("## Headline points (10 epochs)")
     w("")

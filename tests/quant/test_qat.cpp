@@ -161,8 +161,9 @@ TEST_CASE("all 16 bits: QAT logits within 0.1 % and gradients within 3 % of the 
 }
 
 TEST_CASE("low bits: the scalar reference and the SIMD kernels give identical logits and gradients") {
-  // 20 modes per head: full SIMD blocks and a scalar tail at every vector width.
-  const auto m = ssmq_test::small_model(ssmq::norm_placement::none, 40);
+  // 46 modes per head: the forward's two-block stride, a single block (4 and 8 lanes) and a
+  // scalar tail at every vector width (4, 8, 16 lanes).
+  const auto m = ssmq_test::small_model(ssmq::norm_placement::none, 92);
   const auto data = ssmq_test::noise_images(4, 3);
   ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {4, ssmq::data::batch_order::sequential, 0, false});
   const auto batch = first_batch(b);
