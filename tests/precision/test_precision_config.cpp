@@ -57,6 +57,32 @@ TEST_CASE("names parse back to the same configuration, at compile time and at ru
   CHECK(std::string(s.name().view()) == "Abar8_Bbar8_Cbar8_D8_x8_ssm8_W4_act6");
 }
 
+TEST_CASE("a name can carry the calibration percentile, and the canonical name keeps it") {
+  const auto s = ssmq::precision_from_name("Abar8_x8p99.9_W4_act6");
+  CHECK(s[component::state].calib == ssmq::calibration::percentile);
+  CHECK(s[component::state].percentile_milli == 99'900);
+  CHECK(s[component::abar].percentile_milli == 99'999);
+  CHECK(std::string(s.name().view()) == "Abar8_x8p99.9_W4_act6");
+  // Whole, one-, two- and three-decimal percentiles print back without trailing zeros.
+  for (const char* name : {"x8p99", "x8p99.5", "x8p99.99", "x8p99.995", "x8p100", "x8p50.001"})
+    CHECK(std::string(ssmq::precision_from_name(name).name().view()) == name);
+  CHECK(std::string(ssmq::precision_from_name("x8p99.900").name().view()) == "x8p99.9");
+  // The default percentile prints as no flag; other flags may follow the number.
+  CHECK(std::string(ssmq::precision_from_name("x8p99.999").name().view()) == "x8");
+  const auto t = ssmq::precision_from_name("x8p99.9s");
+  CHECK(t[component::state].sym == ssmq::symmetry::symmetric);
+  CHECK(t[component::state].percentile_milli == 99'900);
+  CHECK(std::string(t.name().view()) == "x8sp99.9");
+  // "all" spreads the percentile to every component.
+  const auto a = ssmq::precision_from_name("all8p99.9");
+  CHECK(a[component::weights].percentile_milli == 99'900);
+  CHECK(a[component::abar].percentile_milli == 99'900);
+  // The same spec as the type-level policy tag.
+  using typed = ssmq::precision<ssmq::state<8, ssmq::percentile<99'900>>>;
+  static_assert(std::is_same_v<typed, ssmq::precision_named<"x8p99.9">>);
+  CHECK(std::string(typed::name()) == "x8p99.9");
+}
+
 TEST_CASE("bad names are rejected with the reason") {
   auto reason = [](const char* name) {
     try {
@@ -76,6 +102,11 @@ TEST_CASE("bad names are rejected with the reason") {
   CHECK(reason("").find("empty") != std::string::npos);
   CHECK(reason("W4__act6").find("expected") != std::string::npos);
   CHECK(reason("W4_") != "accepted");
+  CHECK(reason("x8p50").find("percentile") != std::string::npos);
+  CHECK(reason("x8p100.001").find("percentile") != std::string::npos);
+  CHECK(reason("x8p99.9999").find("percentile") != std::string::npos);
+  CHECK(reason("x8p99.").find("percentile") != std::string::npos);
+  CHECK(reason("x8p12345").find("percentile") != std::string::npos);
 }
 
 TEST_CASE("the Hana map holds exactly the named components") {

@@ -8,6 +8,7 @@
 //   comp   := "Abar" | "Bbar" | "Cbar" | "D" | "x" | "ssm" | "W" | "act"
 //   flags  := any of  s (symmetric) a (asymmetric) t (per-tensor) h (per-head)
 //                     m (min/max) p (percentile) d (dynamic) n (narrow range) u (unsigned)
+//             p may carry the percentile in percent: x8p99.9 (default 99.999)
 // "all<b>" must come first and sets every component; later items override it. A component
 // named twice is an error. Components not named stay float32.
 #include <array>
@@ -95,10 +96,31 @@ struct precision_spec {
   static constexpr void append_flags(config_name& n, const quant_spec& s, const quant_spec& d) noexcept {
     if (s.sym != d.sym) n.append(s.sym == symmetry::symmetric ? "s" : "a");
     if (s.gran != d.gran) n.append(s.gran == granularity::per_tensor ? "t" : "h");
-    if (s.calib != d.calib) n.append(s.calib == calibration::minmax ? "m" : "p");
+    if (s.calib == calibration::percentile && s.percentile_milli != d.percentile_milli) {
+      append_percent(n, s.percentile_milli);
+    } else if (s.calib != d.calib) {
+      n.append(s.calib == calibration::minmax ? "m" : "p");
+    }
     if (s.mode != d.mode) n.append("d");
     if (s.range != d.range) n.append("n");
     if (s.sign != d.sign) n.append("u");
+  }
+  /// "p" and the percentile in percent, without trailing zeros: 99'900 -> "p99.9".
+  static constexpr void append_percent(config_name& n, int milli) noexcept {
+    n.append("p");
+    n.append_int(milli / 1000);
+    int frac = milli % 1000, digits = 3;
+    if (frac == 0) return;
+    while (frac % 10 == 0) {
+      frac /= 10;
+      --digits;
+    }
+    n.append(".");
+    for (int pow = digits - 1; pow >= 0; --pow) {
+      int d = frac;
+      for (int k = 0; k < pow; ++k) d /= 10;
+      n.append_int(d % 10);
+    }
   }
 };
 
@@ -109,6 +131,11 @@ struct parse_result {
   std::size_t error_at = 0;
   std::string_view error{};
 };
+
+[[nodiscard]] constexpr std::string_view flag_error(bool bad_percent) noexcept {
+  return bad_percent ? std::string_view("a percentile after 'p' must lie in (50, 100] percent with at most 3 decimals, e.g. x8p99.9")
+                     : std::string_view("unknown flag (known: s a t h m p d n u)");
+}
 
 /// Parses a precision name (see the grammar above). constexpr: usable in templates.
 [[nodiscard]] constexpr parse_result parse_precision_name(std::string_view name) noexcept {
@@ -145,6 +172,28 @@ struct parse_result {
     if (!is_all && which == component_count)
       return fail(start, "unknown component (known: Abar Bbar Cbar D x ssm W act all)");
     if (is_all && !first_item) return fail(start, "'all' must come first");
+    // 'p' may carry the percentile in percent ("x8p99.9"): (50, 100], at most 3 decimals.
+    bool bad_percent = false;
+    auto read_percent = [&](std::size_t& k, quant_spec& s) {
+      std::size_t i = k + 1;
+      if (i >= item.size() || !(item[i] >= '0' && item[i] <= '9')) return;
+      int milli = 0, whole = 0, decimals = 0;
+      while (i < item.size() && item[i] >= '0' && item[i] <= '9' && whole < 1000) whole = whole * 10 + (item[i++] - '0');
+      milli = whole * 1000;
+      if (i < item.size() && item[i] == '.') {
+        ++i;
+        int scale = 100;
+        while (i < item.size() && item[i] >= '0' && item[i] <= '9') {
+          if (++decimals > 3) break;
+          milli += (item[i++] - '0') * scale;
+          scale /= 10;
+        }
+        if (decimals == 0 || decimals > 3) bad_percent = true;
+      }
+      if (milli <= 50'000 || milli > 100'000) bad_percent = true;
+      s.percentile_milli = milli;
+      k = i - 1;
+    };
     auto apply_flags = [&](quant_spec& s) -> bool {
       for (std::size_t k = digits; k < item.size(); ++k) {
         switch (item[k]) {
@@ -153,7 +202,11 @@ struct parse_result {
           case 't': s.gran = granularity::per_tensor; break;
           case 'h': s.gran = granularity::per_head; break;
           case 'm': s.calib = calibration::minmax; break;
-          case 'p': s.calib = calibration::percentile; break;
+          case 'p':
+            s.calib = calibration::percentile;
+            read_percent(k, s);
+            if (bad_percent) return false;
+            break;
           case 'd': s.mode = range_mode::dynamic_range; break;
           case 'n': s.range = int_range::narrow; break;
           case 'u': s.sign = signedness::unsigned_int; break;
@@ -165,7 +218,7 @@ struct parse_result {
     if (is_all) {
       for (component c : all_components) {
         quant_spec s = default_spec(c, bits);
-        if (!apply_flags(s)) return fail(start + digits, "unknown flag (known: s a t h m p d n u)");
+        if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
         r.spec[c] = s;
       }
     } else {
@@ -173,7 +226,7 @@ struct parse_result {
       named[which] = true;
       const auto c = static_cast<component>(which);
       quant_spec s = default_spec(c, bits);
-      if (!apply_flags(s)) return fail(start + digits, "unknown flag (known: s a t h m p d n u)");
+      if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
       r.spec[c] = s;
     }
     first_item = false;
