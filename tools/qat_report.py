@@ -28,8 +28,22 @@ RECIPES = {
 }
 
 
+# A recipe may end in -xp<P>: the state's range calibrated at the P-th percentile (x8p<P> in
+# the configuration name) instead of the reference's 99.999.
+XP = re.compile(r"(.+)-xp(\d+(?:\.\d+)?)")
+
+
 def recipe_label(recipe):
-    return recipe if recipe in RECIPES else recipe + " (?)"
+    m = XP.fullmatch(recipe)
+    known = recipe in RECIPES or (m and m.group(1) in RECIPES)
+    return recipe if known else recipe + " (?)"
+
+
+def recipe_notes():
+    notes = [f"`{k}`: {v}" for k, v in RECIPES.items()]
+    notes.append("`<recipe>-xp<P>`: `<recipe>` with the state's range calibrated at the P-th percentile of "
+                 "the calibration states (`x8p<P>` in the configuration) instead of the reference's 99.999")
+    return "Recipes: " + "; ".join(notes) + "."
 
 
 def read_csv(path):
@@ -98,7 +112,7 @@ def main():
               f"{(f'{100 * sp:.2f}' if len(rows) > 1 else '-')} | {vs} | {int(r0['footprint_bytes']):,} | "
               f"{float(r0['reduction_total']):.2f}x / {float(r0['reduction_parameters']):.2f}x |")
     w("")
-    w("Recipes: " + "; ".join(f"`{k}`: {v}" for k, v in RECIPES.items()) + ".")
+    w(recipe_notes())
     w("")
     w("Per run:")
     w("")
@@ -169,6 +183,28 @@ def main():
         w("Not run yet (`tools/qat-runs recipe`).")
     w("")
 
+    # The state's calibration percentile: the heterogeneous point, frozen, 2 epochs.
+    xr = [(m.group(1), r) for name, r in runs.items() if (m := re.fullmatch(r"hetero8-frozen-xp(.+)-e2", name))]
+    if "hetero8-frozen-e2" in runs:
+        xr.append(("99.999", runs["hetero8-frozen-e2"]))
+    w("## The state's range (W4 act6 Ā8 x8, frozen, 2 epochs, chosen on validation)")
+    w("")
+    if len(xr) > 1:
+        w("The state's per-head range is calibrated at a percentile of the calibration states; the")
+        w("reference uses 99.999 %. PTQ is the starting point of each run; the decision uses the")
+        w("validation columns only.")
+        w("")
+        w("| state percentile | PTQ val % | PTQ test % | best val % (epoch) | last epoch: train loss | test % |")
+        w("|--:|--:|--:|--:|--:|--:|")
+        for p, r in sorted(xr, key=lambda t: -float(t[0])):
+            log = read_csv(os.path.join(RES, "qat-logs", r["name"] + ".csv"))
+            tl = log[-1]["train_loss"] if log else ""
+            w(f"| {p} | {pct(r['ptq_val_accuracy'])} | {pct(r['ptq_test_accuracy'])} | "
+              f"{pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {float(tl):.4f} | {pct(r['test_accuracy'])} |")
+    else:
+        w("Not run yet (`tools/qat-runs xrange`).")
+    w("")
+
     # The footprint search: every configuration QAT trained, by parameter bytes.
     w("## Footprint against accuracy (the configuration search)")
     w("")
@@ -184,7 +220,9 @@ def main():
         if r["epochs"] == "10" or name.startswith("search-"):
             m = re.fullmatch(r"(?:search-)?[^-]+-(.+?)(?:-s\d+)?", name)
             recipe = m.group(1) if m else r["param"]
-            configs.setdefault(r["config"], {}).setdefault((recipe, r["epochs"]), []).append(r)
+            # A state percentile (x8p99.9) is part of the recipe, not of the footprint.
+            config = re.sub(r"p\d+(?:\.\d+)?", "", r["config"])
+            configs.setdefault(config, {}).setdefault((recipe, r["epochs"]), []).append(r)
     points = []
     for config, by_recipe in configs.items():
         (recipe, epochs), rows = max(by_recipe.items(),
