@@ -167,7 +167,8 @@ def main():
     w("")
 
     # The recipe study: the heterogeneous point for 2 epochs, chosen on validation accuracy.
-    rec = [(m.group(1), r) for name, r in sorted(runs.items()) if (m := re.fullmatch(r"hetero8-(.+)-e2", name))]
+    rec = [(m.group(1), r) for name, r in sorted(runs.items())
+           if (m := re.fullmatch(r"hetero8-(.+)-e2", name)) and not XP.fullmatch(m.group(1))]
     w("## Recipe study (W4 act6 Ā8 x8, 2 epochs, chosen on validation)")
     w("")
     if rec:
