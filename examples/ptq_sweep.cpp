@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <CLI/CLI.hpp>
@@ -36,6 +37,25 @@ constexpr auto uniform(std::integer_sequence<int, I...>) {
 }
 constexpr auto widths = std::make_integer_sequence<int, 15>{};  // 2..16 bits
 
+// The state's calibration percentile (thousandths of a percent; the default is 99'999): the
+// state alone at 8 bits (x8p99.9), and every component at 8 bits with it (all8_x8p99.9).
+template <int... Milli>
+constexpr auto state_alone(std::integer_sequence<int, Milli...>) {
+  return hana::tuple_t<ssmq::precision<ssmq::state<8, ssmq::percentile<Milli>>>...>;
+}
+template <int... Milli>
+constexpr auto all8_state(std::integer_sequence<int, Milli...>) {
+  return hana::tuple_t<ssmq::precision<ssmq::abar<8>, ssmq::bbar<8>, ssmq::cbar<8>, ssmq::dskip<8>,
+                                       ssmq::state<8, ssmq::percentile<Milli>>, ssmq::ssm_acts<8>,
+                                       ssmq::weights<8>, ssmq::acts<8>>...>;
+}
+/// The paper's heterogeneous configuration with the state calibrated at another percentile.
+template <int SsmBits, int Milli>
+using hetero_state = ssmq::precision<ssmq::abar<SsmBits>, ssmq::bbar<4>, ssmq::cbar<4>, ssmq::dskip<4>,
+                                     ssmq::state<SsmBits, ssmq::percentile<Milli>>, ssmq::ssm_acts<6>,
+                                     ssmq::weights<4>, ssmq::acts<6>>;
+constexpr auto state_percentiles = std::integer_sequence<int, 99'990, 99'900, 99'500, 99'000>{};
+
 constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
     hana::tuple_t<ssmq::paper::float32>,
     alone<component::abar>(widths), alone<component::bbar>(widths), alone<component::cbar>(widths),
@@ -46,7 +66,13 @@ constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
                   ssmq::precision_named<"all8d">, ssmq::precision_named<"all8m">, ssmq::precision_named<"all8mt">>,
     // the paper's heterogeneous configurations
     hana::tuple_t<ssmq::paper::hetero_a8x8, ssmq::paper::hetero_a6x6,
-                  ssmq::precision<ssmq::abar<8>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>>));
+                  ssmq::precision<ssmq::abar<8>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>>,
+    // the state's calibration percentile (static range of x only)
+    state_alone(state_percentiles), all8_state(state_percentiles),
+    hana::tuple_t<hetero_state<8, 99'900>, hetero_state<6, 99'900>>));
+
+static_assert(hetero_state<8, 99'900>::name() == "Abar8_Bbar4_Cbar4_D4_x8p99.9_ssm6_W4_act6");
+static_assert(std::is_same_v<hetero_state<6, 99'900>, ssmq::precision_named<"Abar6_Bbar4_Cbar4_D4_x6p99.9_ssm6_W4_act6">>);
 
 struct args {
   std::string model = "models/smnist-s4d-h16.safetensors", data = "data/mnist", out = "docs/results/ptq.csv";

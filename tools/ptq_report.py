@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Report of the PTQ sweep: markdown tables and two figures from the CSV of examples/ptq_sweep.
+"""Report of the PTQ sweep: markdown tables and three figures from the CSV of examples/ptq_sweep.
 
 Usage: tools/ptq_report.py [CSV] [--out-dir DIR] [--discussion FILE]
   CSV           the sweep's output (default: docs/results/ptq.csv in the repository)
-  --out-dir     where ptq.md, ptq-components.png and ptq-footprint.png go
+  --out-dir     where ptq.md, ptq-components.png, ptq-footprint.png and
+                ptq-state-percentile.png go
                 (default: the repository's docs/results)
   --discussion  hand-written markdown included verbatim under "## Comparison with the paper"
                 (default: ptq-discussion.md in the output directory)
@@ -14,7 +15,9 @@ that are not there yet (a sweep still running) are shown as "-" and listed as mi
 
 Rows are matched by meaning, not by spelling: the sweep writes canonical names, e.g. the
 per-tensor 8-bit variant `all8t` appears as `Abar8t_Bbar8t_Cbar8t_D8t_x8t_ssm8t_W8_act8`. Both
-spellings are parsed with the grammar of docs/precision.md into the same key.
+spellings are parsed with the grammar of docs/precision.md into the same key. The flag `p` may
+carry the calibration percentile in percent (`x8p99.9`); it is part of the key, so `x8p99.9`
+and `x8` differ while `x8p99.999` (the default) and `x8` are the same configuration.
 """
 import argparse
 import csv
@@ -56,13 +59,41 @@ HETERO = [
     "Abar8_x8_W4_act6",
 ]
 
+# The state's calibration percentile: the default and the values of the sweep, in percent as
+# written after the flag `p` (only the state's static range changes).
+DEFAULT_PERCENTILE = "99.999"
+STATE_PERCENTILES = ["99.99", "99.9", "99.5", "99"]
+# The heterogeneous configurations swept at another state percentile, as (state token in the
+# name, percentile): `x8` -> `x8p99.9`.
+HETERO_PERCENTILE = [(HETERO[0], "x8", "99.9"), (HETERO[1], "x6", "99.9")]
+
+
+def with_state_percentile(name, state_item, percent):
+    """`name` with the state item (e.g. `x8`) calibrated at `percent`: `..._x8p99.9_...`; the
+    item is appended when the name has none (`all8` -> `all8_x8p99.9`)."""
+    if percent == DEFAULT_PERCENTILE:
+        return name
+    items = name.split("_")
+    if state_item not in items:
+        return f"{name}_{state_item}p{percent}"
+    return "_".join(f"{item}p{percent}" if item == state_item else item for item in items)
+
+
+def state_percentile_names():
+    """The configurations of the sweep's percentile set, in its order."""
+    names = [with_state_percentile("x8", "x8", p) for p in STATE_PERCENTILES]
+    names += [with_state_percentile("all8", "x8", p) for p in STATE_PERCENTILES]
+    names += [with_state_percentile(h, item, p) for h, item, p in HETERO_PERCENTILE]
+    return names
+
 NUMERIC_COLUMNS = [
     "accuracy", "loss", "parameter_bytes", "state_bytes", "qparam_bytes", "total_bytes",
     "reduction", "dense_parameter_bytes", "unstable_modes", "max_abs_abar",
     "state_clamp_rate", "output_clamp_rate", "seconds",
 ]
 
-# flag letter -> (field index in a component's policy tuple, value)
+# flag letter -> (field index in a component's policy tuple, value); `p` may be followed by
+# the percentile in percent (field PERCENTILE_FIELD, in thousandths of a percent).
 FLAGS = {
     "s": (1, "symmetric"), "a": (1, "asymmetric"),
     "t": (2, "per_tensor"), "h": (2, "per_head"),
@@ -71,22 +102,42 @@ FLAGS = {
     "n": (5, "narrow"),
     "u": (6, "unsigned"),
 }
-ITEM_RE = re.compile(r"^(Abar|Bbar|Cbar|D|x|ssm|W|act|all)(\d+)([sathmpdnu]*)$")
+PERCENTILE_FIELD = 7
+DEFAULT_PERCENTILE_MILLI = 99_999
+FLAG_RE = r"(?:[sathmdnu]|p(?:\d+(?:\.\d{1,3})?)?)"
+ITEM_RE = re.compile(r"^(Abar|Bbar|Cbar|D|x|ssm|W|act|all)(\d+)(" + FLAG_RE + r"*)$")
+FLAG_TOKEN_RE = re.compile(r"[sathmdnu]|p(?:\d+(?:\.\d{1,3})?)?")
 
 
 # ---- configuration names ---------------------------------------------------------------------
 
 def default_policy(token, bits):
-    """(bits, symmetry, granularity, calibration, mode, range, sign) of a component's default."""
+    """(bits, symmetry, granularity, calibration, mode, range, sign, percentile in thousandths
+    of a percent) of a component's default."""
     gran = "per_tensor" if token in PER_TENSOR_BY_DEFAULT else "per_head"
-    return (bits, "asymmetric", gran, "percentile", "static", "full", "signed")
+    return (bits, "asymmetric", gran, "percentile", "static", "full", "signed",
+            DEFAULT_PERCENTILE_MILLI)
+
+
+def percent_to_milli(text):
+    """'99.9' -> 99900 (exact: at most 3 decimals), as ssmq's parser reads it."""
+    whole, _, frac = text.partition(".")
+    return int(whole) * 1000 + int((frac + "000")[:3])
 
 
 def with_flags(policy, flags):
+    """The policy with the flags applied; None when a percentile lies outside (50, 100]."""
     policy = list(policy)
-    for f in flags:
-        index, value = FLAGS[f]
+    for f in FLAG_TOKEN_RE.findall(flags):
+        index, value = FLAGS[f[0]]
         policy[index] = value
+        if len(f) > 1:
+            milli = percent_to_milli(f[1:])
+            if not 50_000 < milli <= 100_000:
+                return None
+            policy[PERCENTILE_FIELD] = milli
+    if policy[3] == "minmax":  # the percentile has no meaning under min/max calibration
+        policy[PERCENTILE_FIELD] = None
     return tuple(policy)
 
 
@@ -111,6 +162,8 @@ def config_key(name):
                 specs[comp] = with_flags(default_policy(comp, bits), flags)
         else:
             specs[token] = with_flags(default_policy(token, bits), flags)
+    if any(policy is None for policy in specs.values()):
+        return None
     return tuple((comp, specs[comp]) for comp, _ in COMPONENTS if comp in specs)
 
 
@@ -121,6 +174,7 @@ def expected_names():
     names += [f"all{b}" for b in BITS]
     names += [v[0] for v in VARIANTS if v[0] != "all8"]
     names += HETERO
+    names += state_percentile_names()
     return names
 
 
@@ -231,7 +285,7 @@ def section_intro(results, csv_path, discussion_path, missing, extra, warnings):
         "```",
         "tools/ptq-sweep    # build/rel/examples/ptq_sweep --model models/smnist-s4d-h16.safetensors \\",
         "                   #   --data data/mnist --out docs/results/ptq.csv, then tools/ptq-report",
-        "tools/ptq-report   # docs/results/ptq.md, ptq-components.png, ptq-footprint.png",
+        "tools/ptq-report   # docs/results/ptq.md, ptq-components.png, ptq-footprint.png, ptq-state-percentile.png",
         "```",
         "",
         "Each row is one precision configuration (names as in [../precision.md](../precision.md)),",
@@ -380,6 +434,42 @@ def section_hetero(results):
     return lines
 
 
+def section_state_percentile(results):
+    lines = [
+        "## The state's calibration percentile",
+        "",
+        "Only the state's static range changes: it is calibrated at a lower percentile of the",
+        "state values (per head, on the same 4 × 32 training sequences as every other row), which",
+        "clips rare large values for a finer step; every other component keeps its quantizer",
+        "(percentile 99.999). Accuracies are test accuracies in percent, on the MNIST test split.",
+        "`x8p99.9` is the state alone at 8 bits with its range at the 99.9th percentile,",
+        "`all8_x8p99.9` every component at 8 bits with that state (in the CSV:",
+        "`Abar8_Bbar8_Cbar8_D8_x8p99.9_ssm8_W8_act8`).",
+        "",
+        "![Test accuracy vs the state's calibration percentile](ptq-state-percentile.png)",
+        "",
+    ]
+    rows = []
+    for percent in [DEFAULT_PERCENTILE] + STATE_PERCENTILES:
+        label = f"{percent} (default)" if percent == DEFAULT_PERCENTILE else percent
+        alone = lookup(results, with_state_percentile("x8", "x8", percent))
+        every = lookup(results, with_state_percentile("all8", "x8", percent))
+        rows.append([label, pct(alone, 2), pct(every, 2)])
+    lines += [table(["state percentile", "`x8` alone: accuracy %", "`all8`: accuracy %"], rows), ""]
+    lines += ["The paper's heterogeneous configurations with the state at the default percentile and",
+              "at 99.9 (the difference in percentage points):", ""]
+    rows = []
+    for name, item, percent in HETERO_PERCENTILE:
+        base, other = lookup(results, name), lookup(results, with_state_percentile(name, item, percent))
+        diff = MISSING
+        if base is not None and other is not None:
+            diff = f"{100.0 * (other['accuracy'] - base['accuracy']):+.1f}"
+        rows.append([code(name), pct(base, 2), pct(other, 2), diff])
+    lines += [table(["configuration", f"state at {DEFAULT_PERCENTILE}: accuracy %",
+                     f"state at {HETERO_PERCENTILE[0][2]}: accuracy %", "difference (pp)"], rows), ""]
+    return lines
+
+
 def section_stability(results):
     fp32 = lookup(results, "fp32")
     lines = [
@@ -462,11 +552,7 @@ def plot_components(results, path, plt):
         ax.plot(BITS, ys, color="black", linewidth=3.2, marker="o", markersize=6,
                 label="all components (all)", zorder=5)
     fp32 = lookup(results, "fp32")
-    if fp32 is not None:
-        ax.axhline(100.0 * fp32["accuracy"], color="0.35", linestyle="--", linewidth=1.3,
-                   label=f"float32 ({100.0 * fp32['accuracy']:.1f} %)")
-    ax.axhline(100.0 * CHANCE, color="0.5", linestyle=":", linewidth=1.5,
-               label=f"chance ({100.0 * CHANCE:.0f} %)")
+    reference_lines(ax, fp32)
     ax.set_xticks(BITS)
     ax.set_xlim(BITS[0] - 0.3, BITS[-1] + 0.3)
     ax.set_ylim(0, 100)
@@ -479,6 +565,15 @@ def plot_components(results, path, plt):
         ax.text(0.5, 0.5, "no rows in the CSV yet", transform=ax.transAxes, ha="center")
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
+
+
+def reference_lines(ax, fp32):
+    """The float32 accuracy (when its row exists) and chance, as horizontal lines."""
+    if fp32 is not None:
+        ax.axhline(100.0 * fp32["accuracy"], color="0.35", linestyle="--", linewidth=1.3,
+                   label=f"float32 ({100.0 * fp32['accuracy']:.1f} %)")
+    ax.axhline(100.0 * CHANCE, color="0.5", linestyle=":", linewidth=1.5,
+               label=f"chance ({100.0 * CHANCE:.0f} %)")
 
 
 def spread(values, gap, low, high):
@@ -574,6 +669,40 @@ def plot_footprint(results, path, plt):
     plt.close(fig)
 
 
+def plot_state_percentile(results, path, plt):
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    percents = [DEFAULT_PERCENTILE] + STATE_PERCENTILES
+    xs = list(range(len(percents)))
+    series = [
+        ("state alone at 8 bits (x8)", "x8", "x8", "tab:purple", "o"),
+        ("every component at 8 bits (all8)", "all8", "x8", "black", "s"),
+    ] + [(f"heterogeneous: {h}", h, item, color, "D")
+         for (h, item, _), color in zip(HETERO_PERCENTILE, ["tab:red", "tab:orange"])]
+    drawn = False
+    for label, name, item, color, marker in series:
+        ys = [accuracy_or_nan(lookup(results, with_state_percentile(name, item, percent)))
+              for percent in percents]
+        if all(math.isnan(y) for y in ys):
+            continue
+        drawn = True
+        points = [(x, y) for x, y in zip(xs, ys) if not math.isnan(y)]  # hetero: two percentiles
+        ax.plot([x for x, _ in points], [y for _, y in points], marker=marker, markersize=6, linewidth=1.4, color=color, label=label)
+    fp32 = lookup(results, "fp32")
+    reference_lines(ax, fp32)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{p}\n(default)" if p == DEFAULT_PERCENTILE else p for p in percents])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("percentile of the state's static range (%)", fontsize=11)
+    ax.set_ylabel("test accuracy (%)", fontsize=11)
+    ax.set_title("PTQ on sMNIST: the state's calibration percentile", fontsize=12)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    if not drawn:
+        ax.text(0.5, 0.5, "no rows in the CSV yet", transform=ax.transAxes, ha="center")
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
 def accuracy_or_nan(row):
     return math.nan if row is None else 100.0 * row["accuracy"]
 
@@ -610,6 +739,7 @@ def build_markdown(results, warnings, csv_path, discussion_path):
     lines += section_uniform(results)
     lines += section_variants(results)
     lines += section_hetero(results)
+    lines += section_state_percentile(results)
     lines += section_stability(results)
     lines += section_other(results, extra)
     lines += section_discussion(discussion_path)
@@ -638,10 +768,11 @@ def main():
         f.write(markdown)
     plot_components(results, os.path.join(args.out_dir, "ptq-components.png"), plt)
     plot_footprint(results, os.path.join(args.out_dir, "ptq-footprint.png"), plt)
+    plot_state_percentile(results, os.path.join(args.out_dir, "ptq-state-percentile.png"), plt)
     total = len(expected_names())
     print(f"ptq_report: {len(results)} rows read, {total - len(missing)} of {total} sweep "
           f"configurations present; wrote {md_path} and the figures ptq-components.png, "
-          f"ptq-footprint.png in {args.out_dir}")
+          f"ptq-footprint.png, ptq-state-percentile.png in {args.out_dir}")
     if missing:
         print(f"ptq_report: missing: {' '.join(missing)}")
 
