@@ -120,6 +120,32 @@ TEST_CASE("min/max calibration records the exact range of the SSM input") {
   CHECK(q.layers()[0].q_ssm_in.params[0] == expected);
 }
 
+TEST_CASE("the state's range follows the percentile in the configuration name") {
+  const auto m = small_model();
+  const auto data = noise_images(4, 3);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {4, ssmq::data::batch_order::sequential, 0, false});
+  auto state_params = [&](const char* name) {
+    ssmq::quant::fake_quant_model q(m, ssmq::precision_from_name(name));
+    q.calibrate(b, 1);
+    return q.layers()[0].q_state.params;
+  };
+  // One calibration batch: the 100th percentile is the batch's min and max, exactly.
+  const auto p100 = state_params("x8p100"), mm = state_params("x8m");
+  REQUIRE(p100.size() == mm.size());
+  for (std::size_t h = 0; h < mm.size(); ++h) CHECK(p100[h] == mm[h]);
+  // A lower percentile clips the rarest values: never a wider range, narrower for some head.
+  const auto dflt = state_params("x8"), p99 = state_params("x8p99");
+  REQUIRE(p99.size() == dflt.size());
+  bool narrower = false;
+  for (std::size_t h = 0; h < dflt.size(); ++h) {
+    CHECK(p99[h].scale <= dflt[h].scale);
+    CHECK(dflt[h].scale <= mm[h].scale);
+    narrower = narrower || p99[h].scale < dflt[h].scale;
+  }
+  CHECK(narrower);
+}
+
 TEST_CASE("the state clamp fires on a state beyond 50 and the stability report sees |Ā| >= 1") {
   auto m = small_model();
   // Make mode 0 of head 0 marginally unstable: log_A_real very negative gives Re(A) ~ 0,
