@@ -83,6 +83,16 @@ TEST_CASE("a name can carry the calibration percentile, and the canonical name k
   CHECK(std::string(typed::name()) == "x8p99.9");
 }
 
+TEST_CASE("flag i keeps Abar inside the unit circle, and only Abar takes it") {
+  const auto s = ssmq::precision_from_name("Abar6i_x6_W4");
+  CHECK(s[component::abar].inside_unit_circle);
+  CHECK_FALSE(s[component::state].inside_unit_circle);
+  CHECK(std::string(s.name().view()) == "Abar6i_x6_W4");
+  using typed = ssmq::precision<ssmq::abar<6, ssmq::inside_unit_circle>, ssmq::state<6>, ssmq::weights<4>>;
+  static_assert(std::is_same_v<typed, ssmq::precision_named<"Abar6i_x6_W4">>);
+  CHECK(std::string(typed::name()) == "Abar6i_x6_W4");
+}
+
 TEST_CASE("bad names are rejected with the reason") {
   auto reason = [](const char* name) {
     try {
@@ -102,6 +112,8 @@ TEST_CASE("bad names are rejected with the reason") {
   CHECK(reason("").find("empty") != std::string::npos);
   CHECK(reason("W4__act6").find("expected") != std::string::npos);
   CHECK(reason("W4_") != "accepted");
+  CHECK(reason("W4i").find("Abar only") != std::string::npos);
+  CHECK(reason("all8i").find("Abar only") != std::string::npos);
   CHECK(reason("x8p50").find("percentile") != std::string::npos);
   CHECK(reason("x8p100.001").find("percentile") != std::string::npos);
   CHECK(reason("x8p99.9999").find("percentile") != std::string::npos);

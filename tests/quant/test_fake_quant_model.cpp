@@ -10,6 +10,7 @@
 
 #include <ssmq/precision/paper_configs.hpp>
 #include <ssmq/quant/fake_quant_model.hpp>
+#include <ssmq/quant/qat_model.hpp>
 
 #include "../support/tiny_tasks.hpp"
 
@@ -169,6 +170,77 @@ TEST_CASE("the state clamp fires on a state beyond 50 and the stability report s
   CHECK(st.state_values == 3u * 36u * 2u * 2u * 5u * 6u);
   CHECK(st.state_clamped > 0);
   CHECK(st.output_values == 0);  // ssm_act not quantized: its clamp is off
+}
+
+TEST_CASE("inside the unit circle: the nearest grid point strictly inside, as a search of the whole grid finds") {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> radius(0.99f, 0.99999f), angle(-3.14159f, 3.14159f);
+  for (int bits : {3, 4, 6, 8}) {
+    ssmq::quant_spec spec{bits};
+    spec.calib = ssmq::calibration::minmax;
+    spec.inside_unit_circle = true;
+    const std::size_t heads = 2, inner = 256;
+    std::vector<float> re(heads * inner), im(heads * inner);
+    for (std::size_t i = 0; i < re.size(); ++i) {
+      const float r = radius(rng), a = angle(rng);
+      re[i] = r * std::cos(a);
+      im[i] = r * std::sin(a);
+    }
+    ssmq::quant::point_quantizer q{spec, heads, {}};
+    q.fit_complex(re, im, inner);
+    std::vector<float> nre = re, nim = im;
+    q.apply_complex(nre, nim, inner);  // nearest grid point
+    std::vector<float> ore = nre, oim = nim;
+    q.keep_inside_unit_circle(re, im, ore, oim, inner);
+    const auto lim = spec.limits();
+    std::size_t moved = 0;
+    for (std::size_t i = 0; i < re.size(); ++i) {
+      const auto& p = q.of_head(i / inner);
+      auto norm2 = [](double a, double b) { return a * a + b * b; };
+      CHECK(norm2(ore[i], oim[i]) < 1.0);
+      if (norm2(nre[i], nim[i]) < 1.0) {  // already inside: untouched
+        CHECK(ore[i] == nre[i]);
+        CHECK(oim[i] == nim[i]);
+        continue;
+      }
+      ++moved;
+      double best = 1e30;
+      float br = 0, bi = 0;
+      for (std::int32_t a = lim.qmin; a <= lim.qmax; ++a)
+        for (std::int32_t b = lim.qmin; b <= lim.qmax; ++b) {
+          const float vr = ssmq::kernels::scalar::dequantize_value(a, p), vi = ssmq::kernels::scalar::dequantize_value(b, p);
+          const double d = norm2(vr - static_cast<double>(re[i]), vi - static_cast<double>(im[i]));
+          if (norm2(vr, vi) < 1.0 && d < best) {
+            best = d;
+            br = vr;
+            bi = vi;
+          }
+        }
+      CHECK(ore[i] == br);
+      CHECK(oim[i] == bi);
+    }
+    INFO("bits " << bits);
+    CHECK(moved > 0);  // the case exercises the rounding
+  }
+}
+
+TEST_CASE("Abar with flag i: no quantized mode on or outside the unit circle, in PTQ and in QAT") {
+  auto m = small_model();
+  // Modes a hair inside the unit circle: Re(A) ~ -1e-6, so |Ā| ~ 1 - 1e-6 at every angle.
+  for (auto& l : m.params.layers)
+    for (std::size_t i = 0; i < l.ssm.log_A_real.size(); ++i) l.ssm.log_A_real[i] = -14.0f;
+  const auto plain = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name("Abar4")).stability();
+  REQUIRE(plain.unstable_modes() > 0);
+  const auto kept = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name("Abar4i")).stability();
+  CHECK(kept.unstable_modes() == 0);
+  for (auto param : {ssmq::quant::abar_parameterization::discrete, ssmq::quant::abar_parameterization::frozen,
+                     ssmq::quant::abar_parameterization::continuous}) {
+    const ssmq::quant::qat_model qm(m, ssmq::precision_from_name("Abar4i"), param);
+    const auto pp = qm.prepare();
+    for (const auto& l : pp.layers)
+      for (std::size_t i = 0; i < l.abar_re.size(); ++i)
+        CHECK(static_cast<double>(l.abar_re[i]) * l.abar_re[i] + static_cast<double>(l.abar_im[i]) * l.abar_im[i] < 1.0);
+  }
 }
 
 TEST_CASE("the SIMD quantized SSM step equals its scalar reference bit for bit") {

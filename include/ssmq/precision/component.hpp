@@ -55,6 +55,8 @@ struct component_spec {
                 "ssmq::per_tensor, ssmq::minmax, ssmq::percentile<N>, ssmq::dynamic");
   static constexpr component kind = C;
   static constexpr quant_spec spec = apply_policies<Policies...>(default_spec(C, Bits));
+  static_assert(C == component::abar || !spec.inside_unit_circle,
+                "ssmq: ssmq::inside_unit_circle applies to Abar only (it keeps the quantized state matrix stable)");
 };
 
 template <int Bits, class... P> using abar = component_spec<component::abar, Bits, P...>;

@@ -119,7 +119,8 @@ struct component_from_spec {
            std::conditional_t<S.calib == calibration::minmax, minmax, percentile<S.percentile_milli>>>,
       if_t<S.mode != D.mode,
            std::conditional_t<S.mode == range_mode::dynamic_range, dynamic, static_calibrated>>,
-      if_t<S.range != D.range, narrow_range>, if_t<S.sign != D.sign, unsigned_int>>::type;
+      if_t<S.range != D.range, narrow_range>, if_t<S.sign != D.sign, unsigned_int>,
+      if_t<S.inside_unit_circle != D.inside_unit_circle, inside_unit_circle>>::type;
   template <class... P>
   static auto make(type_list<P...>) -> component_spec<C, S.bits, P...>;
   using type = decltype(make(policies{}));

@@ -9,6 +9,7 @@
 //   flags  := any of  s (symmetric) a (asymmetric) t (per-tensor) h (per-head)
 //                     m (min/max) p (percentile) d (dynamic) n (narrow range) u (unsigned)
 //             p may carry the percentile in percent: x8p99.9 (default 99.999)
+//             i (Abar only) rounds every mode strictly inside the unit circle: Abar8i
 // "all<b>" must come first and sets every component; later items override it. A component
 // named twice is an error. Components not named stay float32.
 #include <array>
@@ -104,6 +105,7 @@ struct precision_spec {
     if (s.mode != d.mode) n.append("d");
     if (s.range != d.range) n.append("n");
     if (s.sign != d.sign) n.append("u");
+    if (s.inside_unit_circle != d.inside_unit_circle) n.append("i");
   }
   /// "p" and the percentile in percent, without trailing zeros: 99'900 -> "p99.9".
   static constexpr void append_percent(config_name& n, int milli) noexcept {
@@ -134,8 +136,9 @@ struct parse_result {
 
 [[nodiscard]] constexpr std::string_view flag_error(bool bad_percent) noexcept {
   return bad_percent ? std::string_view("a percentile after 'p' must lie in (50, 100] percent with at most 3 decimals, e.g. x8p99.9")
-                     : std::string_view("unknown flag (known: s a t h m p d n u)");
+                     : std::string_view("unknown flag (known: s a t h m p d n u i)");
 }
+inline constexpr std::string_view inside_error = "flag i (inside the unit circle) applies to Abar only, e.g. Abar8i";
 
 /// Parses a precision name (see the grammar above). constexpr: usable in templates.
 [[nodiscard]] constexpr parse_result parse_precision_name(std::string_view name) noexcept {
@@ -210,6 +213,7 @@ struct parse_result {
           case 'd': s.mode = range_mode::dynamic_range; break;
           case 'n': s.range = int_range::narrow; break;
           case 'u': s.sign = signedness::unsigned_int; break;
+          case 'i': s.inside_unit_circle = true; break;
           default: return false;
         }
       }
@@ -219,6 +223,7 @@ struct parse_result {
       for (component c : all_components) {
         quant_spec s = default_spec(c, bits);
         if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
+        if (s.inside_unit_circle) return fail(start + digits, inside_error);
         r.spec[c] = s;
       }
     } else {
@@ -227,6 +232,7 @@ struct parse_result {
       const auto c = static_cast<component>(which);
       quant_spec s = default_spec(c, bits);
       if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
+      if (s.inside_unit_circle && c != component::abar) return fail(start + digits, inside_error);
       r.spec[c] = s;
     }
     first_item = false;

@@ -26,6 +26,9 @@ struct quant_spec {
   signedness sign = signedness::signed_int;
   /// Percentile for calibration::percentile, in thousandths of a percent (99999 = 99.999 %).
   int percentile_milli = 99'999;
+  /// Ā only: a complex value whose nearest (re, im) grid point lies on or outside the unit
+  /// circle takes the nearest grid point strictly inside it, so a stable Ā stays stable.
+  bool inside_unit_circle = false;
 
   [[nodiscard]] constexpr bool quantized() const noexcept { return bits != fp32; }
   [[nodiscard]] constexpr int_limits limits() const noexcept { return limits_of(bits, sign, range); }
@@ -70,6 +73,10 @@ struct narrow_range {
 };
 struct unsigned_int {
   static constexpr void apply(quant_spec& s) noexcept { s.sign = signedness::unsigned_int; }
+};
+/// Ā only: round every mode to a grid point strictly inside the unit circle (see quant_spec).
+struct inside_unit_circle {
+  static constexpr void apply(quant_spec& s) noexcept { s.inside_unit_circle = true; }
 };
 
 /// A policy tag: something that edits a quant_spec.

@@ -436,6 +436,7 @@ class fake_quant_model {
       q.out = lp.out;
       q.norm = lp.norm;
       quantize_complex(q.q_abar, q.abar_re, q.abar_im, M, q.abar_polar);
+      q.q_abar.keep_inside_unit_circle(d.abar_re, d.abar_im, q.abar_re, q.abar_im, M);
       quantize_complex(q.q_bbar, q.bbar_re, q.bbar_im, M, q.bbar_polar);
       quantize_complex(q.q_cbar, q.c_re, q.c_im, M, q.c_polar);
       q.q_d.fit(q.d, 1);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <tuple>
@@ -170,6 +171,43 @@ struct point_quantizer {
     if (!active()) return;
     if (format == complex_format::polar) std::tie(params, phase_params) = polar_params(to_polar(re, im), inner);
     else params = complex_params(re, im, inner);
+  }
+
+  /// Under spec.inside_unit_circle (Ā in (re, im) format; otherwise nothing): every value of
+  /// the fake-quantized tensor (re, im) [outer, heads, inner] on or outside the unit circle
+  /// moves to the grid point strictly inside it nearest to its unquantized value (ref_re,
+  /// ref_im; a reference on or outside the circle is first pulled just inside). Rounding
+  /// both levels toward the zero level gives a point inside within one level of the nearest,
+  /// so the nearest inside point lies within 3 levels of it: the search covers that window.
+  void keep_inside_unit_circle(std::span<const float> ref_re, std::span<const float> ref_im, std::span<float> re,
+                               std::span<float> im, std::size_t inner) const {
+    if (!active() || !spec.inside_unit_circle || format != complex_format::re_im) return;
+    const int_limits lim = spec.limits();
+    auto inside = [](double a, double b) { return a * a + b * b < 1.0; };
+    for (std::size_t i = 0; i < re.size(); ++i) {
+      if (!(static_cast<double>(re[i]) * re[i] + static_cast<double>(im[i]) * im[i] >= 1.0)) continue;  // inside, or NaN
+      const affine_params& p = of_head((i / inner) % heads);
+      double tr = ref_re[i], ti = ref_im[i];
+      if (const double r = std::hypot(tr, ti); !(r < 1.0)) {
+        const double pull = (1.0 - 0.5 * static_cast<double>(p.scale)) / r;  // half a step inside
+        tr *= pull;
+        ti *= pull;
+      }
+      const auto lr = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(tr), p, lim));
+      const auto li = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(ti), p, lim));
+      double best = std::numeric_limits<double>::infinity();
+      for (std::int32_t a = std::max(lr - 3, lim.qmin); a <= std::min(lr + 3, lim.qmax); ++a)
+        for (std::int32_t b = std::max(li - 3, lim.qmin); b <= std::min(li + 3, lim.qmax); ++b) {
+          const float vr = kernels::scalar::dequantize_value(a, p), vi = kernels::scalar::dequantize_value(b, p);
+          if (!inside(vr, vi)) continue;
+          const double d = (vr - tr) * (vr - tr) + (vi - ti) * (vi - ti);
+          if (d < best) {
+            best = d;
+            re[i] = vr;
+            im[i] = vi;
+          }
+        }
+    }
   }
 };
 

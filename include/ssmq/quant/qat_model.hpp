@@ -253,6 +253,7 @@ class qat_model {
         case abar_parameterization::continuous: {
           const discrete_ssm<float> d = discretize(s.ssm, disc_);
           fq_complex(l.q_abar, d.abar_re, d.abar_im, M, l.abar_re, l.abar_im, l.m_a0, l.m_a1);
+          l.q_abar.keep_inside_unit_circle(d.abar_re, d.abar_im, l.abar_re, l.abar_im, M);
           bre = d.bbar_re;
           bim = d.bbar_im;
           break;
@@ -260,6 +261,8 @@ class qat_model {
         case abar_parameterization::discrete:
         case abar_parameterization::frozen:
           fq_complex(l.q_abar, s.abar0, s.abar1, M, l.abar_re, l.abar_im, l.m_a0, l.m_a1);
+          // Straight through: the masks stay those of the nearest grid point.
+          l.q_abar.keep_inside_unit_circle(s.abar0, s.abar1, l.abar_re, l.abar_im, M);
           break;
         case abar_parameterization::polar:
           fq_real(l.q_abar, s.abar0, M, l.mag_q, l.m_a0);
