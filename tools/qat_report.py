@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "docs", "results")
 HETERO8 = "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"
 HETERO6 = "Abar6_Bbar4_Cbar4_D4_x6_ssm6_W4_act6"
-PARAMS = ["discrete", "continuous", "frozen", "polar"]
+PARAMS = ["discrete", "continuous", "frozen", "polar", "frozen-i"]
+# Column titles of the Ā sweep; frozen-i is frozen with Ā rounded inside the unit circle (flag i).
+PARAM_TITLES = {"frozen-i": "frozen, Ā inside (i)"}
 HEADLINE = [("uniform 8 bits", "all8", "all8"), ("W4 act6, Ā8 x8", HETERO8, "hetero8"),
             ("W4 act6, Ā6 x6", HETERO6, "hetero6")]
 # What a recipe suffix of a run name means (the options tools/qat-runs passes to `ssmq qat`).
@@ -24,6 +26,7 @@ RECIPES = {
     "discrete-slr1e-4": "`discrete` with the SSM group (Ā) at lr 1e-4 (`--ssm-lr 1e-4`)",
     "discrete-lr1e-4": "`discrete` at lr 1e-4 for all (the paper's text)",
     "discrete-rm0.01": "`discrete` with activation ranges tracked by a moving average (`--range-momentum 0.01`)",
+    "frozen-i": "`frozen` with Ā rounded inside the unit circle (flag `i`: `Abar8i`, `Abar6i`): no mode starts on or outside it",
     "frozen-from-e30": "`frozen`, starting from the 30-epoch pre-trained model (96.90 % float; \"vs float\" still compares with 97.60 %)",
 }
 
@@ -134,7 +137,7 @@ def main():
     w("starting point of discrete, continuous and frozen (polar starts from its own polar PTQ,")
     w("column ptq_test_accuracy of qat.csv). \"unstable\": modes with |Ā| >= 1 after QAT.")
     w("")
-    w("| Ā bits | PTQ | " + " | ".join(PARAMS) + " |")
+    w("| Ā bits | PTQ | " + " | ".join(PARAM_TITLES.get(p, p) for p in PARAMS) + " |")
     w("|--:|--:|" + "--:|" * len(PARAMS))
     for bits in range(4, 9):
         cells = []
@@ -148,6 +151,9 @@ def main():
             else:
                 cells.append("not run yet")
         w(f"| {bits} | {ptq_cell} | " + " | ".join(cells) + " |")
+    w("")
+    w("`frozen, Ā inside (i)`: frozen with the flag `i` on Ā (`Abar<b>i`): modes whose nearest grid point lies")
+    w("on or outside the unit circle take the nearest grid point strictly inside it, so none is unstable.")
     w("")
     w("![accuracy vs Ā bits](qat-abar.png)")
     w("")
@@ -274,7 +280,7 @@ def main():
     for p in PARAMS:
         pts = [(b, 100 * float(runs[f"abar{b}-{p}"]["test_accuracy"])) for b in range(4, 9) if f"abar{b}-{p}" in runs]
         if pts:
-            ax.plot([b for b, _ in pts], [a for _, a in pts], marker="o", label=p)
+            ax.plot([b for b, _ in pts], [a for _, a in pts], marker="o", label=PARAM_TITLES.get(p, p))
     pts = [(b, 100 * float(runs[f"abar{b}-discrete"]["ptq_test_accuracy"])) for b in range(4, 9) if f"abar{b}-discrete" in runs]
     if pts:
         ax.plot([b for b, _ in pts], [a for _, a in pts], marker="x", linestyle=":", color="black", label="PTQ")
