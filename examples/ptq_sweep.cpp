@@ -56,6 +56,21 @@ using hetero_state = ssmq::precision<ssmq::abar<SsmBits>, ssmq::bbar<4>, ssmq::c
                                      ssmq::weights<4>, ssmq::acts<6>>;
 constexpr auto state_percentiles = std::integer_sequence<int, 99'990, 99'900, 99'500, 99'000>{};
 
+// Ā rounded inside the unit circle (flag i): Ā alone at 4..10 bits (Abar8i), every component at
+// 8 bits with it, and the paper's heterogeneous configurations with it.
+template <int... I>
+constexpr auto abar_inside_alone(std::integer_sequence<int, I...>) {
+  return hana::tuple_t<ssmq::precision<ssmq::abar<I + 4, ssmq::inside_unit_circle>>...>;
+}
+constexpr auto inside_widths = std::make_integer_sequence<int, 7>{};  // 4..10 bits
+using all8_inside = ssmq::precision<ssmq::abar<8, ssmq::inside_unit_circle>, ssmq::bbar<8>, ssmq::cbar<8>, ssmq::dskip<8>,
+                                    ssmq::state<8>, ssmq::ssm_acts<8>, ssmq::weights<8>, ssmq::acts<8>>;
+/// The paper's heterogeneous configuration with Ā rounded inside the unit circle.
+template <int SsmBits>
+using hetero_inside = ssmq::precision<ssmq::abar<SsmBits, ssmq::inside_unit_circle>, ssmq::bbar<4>, ssmq::cbar<4>,
+                                      ssmq::dskip<4>, ssmq::state<SsmBits>, ssmq::ssm_acts<6>, ssmq::weights<4>,
+                                      ssmq::acts<6>>;
+
 constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
     hana::tuple_t<ssmq::paper::float32>,
     alone<component::abar>(widths), alone<component::bbar>(widths), alone<component::cbar>(widths),
@@ -69,10 +84,18 @@ constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
                   ssmq::precision<ssmq::abar<8>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>>,
     // the state's calibration percentile (static range of x only)
     state_alone(state_percentiles), all8_state(state_percentiles),
-    hana::tuple_t<hetero_state<8, 99'900>, hetero_state<6, 99'900>>));
+    hana::tuple_t<hetero_state<8, 99'900>, hetero_state<6, 99'900>>,
+    // Ā rounded inside the unit circle (flag i)
+    abar_inside_alone(inside_widths), hana::tuple_t<all8_inside, hetero_inside<8>, hetero_inside<6>>));
 
 static_assert(hetero_state<8, 99'900>::name() == "Abar8_Bbar4_Cbar4_D4_x8p99.9_ssm6_W4_act6");
 static_assert(std::is_same_v<hetero_state<6, 99'900>, ssmq::precision_named<"Abar6_Bbar4_Cbar4_D4_x6p99.9_ssm6_W4_act6">>);
+static_assert(ssmq::precision<ssmq::abar<4, ssmq::inside_unit_circle>>::name() == "Abar4i");
+static_assert(ssmq::precision<ssmq::abar<10, ssmq::inside_unit_circle>>::name() == "Abar10i");
+static_assert(all8_inside::name() == "Abar8i_Bbar8_Cbar8_D8_x8_ssm8_W8_act8");
+static_assert(std::is_same_v<all8_inside, ssmq::precision_named<"Abar8i_Bbar8_Cbar8_D8_x8_ssm8_W8_act8">>);
+static_assert(hetero_inside<8>::name() == "Abar8i_Bbar4_Cbar4_D4_x8_ssm6_W4_act6");
+static_assert(std::is_same_v<hetero_inside<6>, ssmq::precision_named<"Abar6i_Bbar4_Cbar4_D4_x6_ssm6_W4_act6">>);
 
 struct args {
   std::string model = "models/smnist-s4d-h16.safetensors", data = "data/mnist", out = "docs/results/ptq.csv";

@@ -17,7 +17,8 @@ Rows are matched by meaning, not by spelling: the sweep writes canonical names, 
 per-tensor 8-bit variant `all8t` appears as `Abar8t_Bbar8t_Cbar8t_D8t_x8t_ssm8t_W8_act8`. Both
 spellings are parsed with the grammar of docs/precision.md into the same key. The flag `p` may
 carry the calibration percentile in percent (`x8p99.9`); it is part of the key, so `x8p99.9`
-and `x8` differ while `x8p99.999` (the default) and `x8` are the same configuration.
+and `x8` differ while `x8p99.999` (the default) and `x8` are the same configuration. The flag
+`i` (Ā only: rounded inside the unit circle) is part of the key too: `Abar8i` and `Abar8` differ.
 """
 import argparse
 import csv
@@ -79,6 +80,21 @@ def with_state_percentile(name, state_item, percent):
     return "_".join(f"{item}p{percent}" if item == state_item else item for item in items)
 
 
+# Ā rounded inside the unit circle (flag i): Ā alone at these widths (`Abar<b>i`), and these
+# configurations with Ā inside, as (configuration with nearest rounding, the same with flag i).
+ABAR_INSIDE_BITS = list(range(4, 11))
+INSIDE_CONFIGS = [
+    ("all8", "Abar8i_Bbar8_Cbar8_D8_x8_ssm8_W8_act8"),
+    (HETERO[0], "Abar8i_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"),
+    (HETERO[1], "Abar6i_Bbar4_Cbar4_D4_x6_ssm6_W4_act6"),
+]
+
+
+def abar_inside_names():
+    """The configurations of the sweep's set with Ā inside the unit circle, in its order."""
+    return [f"Abar{b}i" for b in ABAR_INSIDE_BITS] + [inside for _, inside in INSIDE_CONFIGS]
+
+
 def state_percentile_names():
     """The configurations of the sweep's percentile set, in its order."""
     names = [with_state_percentile("x8", "x8", p) for p in STATE_PERCENTILES]
@@ -101,22 +117,24 @@ FLAGS = {
     "d": (4, "dynamic"),
     "n": (5, "narrow"),
     "u": (6, "unsigned"),
+    "i": (8, "inside_unit_circle"),
 }
 PERCENTILE_FIELD = 7
+INSIDE_ONLY = {"Abar"}  # the components that accept the flag i
 DEFAULT_PERCENTILE_MILLI = 99_999
-FLAG_RE = r"(?:[sathmdnu]|p(?:\d+(?:\.\d{1,3})?)?)"
+FLAG_RE = r"(?:[sathmdnui]|p(?:\d+(?:\.\d{1,3})?)?)"
 ITEM_RE = re.compile(r"^(Abar|Bbar|Cbar|D|x|ssm|W|act|all)(\d+)(" + FLAG_RE + r"*)$")
-FLAG_TOKEN_RE = re.compile(r"[sathmdnu]|p(?:\d+(?:\.\d{1,3})?)?")
+FLAG_TOKEN_RE = re.compile(r"[sathmdnui]|p(?:\d+(?:\.\d{1,3})?)?")
 
 
 # ---- configuration names ---------------------------------------------------------------------
 
 def default_policy(token, bits):
     """(bits, symmetry, granularity, calibration, mode, range, sign, percentile in thousandths
-    of a percent) of a component's default."""
+    of a percent, rounding) of a component's default."""
     gran = "per_tensor" if token in PER_TENSOR_BY_DEFAULT else "per_head"
     return (bits, "asymmetric", gran, "percentile", "static", "full", "signed",
-            DEFAULT_PERCENTILE_MILLI)
+            DEFAULT_PERCENTILE_MILLI, "nearest")
 
 
 def percent_to_milli(text):
@@ -155,6 +173,8 @@ def config_key(name):
         if not m:
             return None
         token, bits, flags = m.group(1), int(m.group(2)), m.group(3)
+        if "i" in flags and token not in INSIDE_ONLY:  # as ssmq's parser: flag i on Ā only
+            return None
         if token == "all":
             if position != 0:
                 return None
@@ -175,6 +195,7 @@ def expected_names():
     names += [v[0] for v in VARIANTS if v[0] != "all8"]
     names += HETERO
     names += state_percentile_names()
+    names += abar_inside_names()
     return names
 
 
@@ -470,6 +491,39 @@ def section_state_percentile(results):
     return lines
 
 
+def section_abar_inside(results):
+    lines = [
+        "## Ā rounded inside the unit circle",
+        "",
+        "With the flag `i` (`Abar8i`), Ā is rounded to the nearest point of its per-head (re, im)",
+        "grid as usual, then every mode whose quantized value lies on or outside the unit circle",
+        "takes the nearest grid point strictly inside it; every other component is unchanged.",
+        "Accuracies are test accuracies in percent, on the MNIST test split; unstable modes are",
+        "modes with quantized |Ā| >= 1, as in \"Stability and clamping\".",
+        "",
+    ]
+
+    def unstable(row):
+        return MISSING if row is None else str(int(row["unstable_modes"]))
+
+    rows = []
+    for b in ABAR_INSIDE_BITS:
+        near, inside = lookup(results, f"Abar{b}"), lookup(results, f"Abar{b}i")
+        rows.append([str(b), pct(near, 2), unstable(near), pct(inside, 2), unstable(inside)])
+    lines += [table(["Ā bits", "nearest (`Abar<b>`): accuracy %", "nearest: unstable modes",
+                     "inside (`Abar<b>i`): accuracy %", "inside: unstable modes"], rows, "rrrrr"), ""]
+    lines += ["Every component at 8 bits and the paper's heterogeneous configurations, with Ā",
+              "rounded to nearest and inside the unit circle:", ""]
+    rows = []
+    for name, inside_name in INSIDE_CONFIGS:
+        near, inside = lookup(results, name), lookup(results, inside_name)
+        rows.append([code(name), pct(near, 2), unstable(near), code(inside_name), pct(inside, 2),
+                     unstable(inside)])
+    lines += [table(["configuration (nearest)", "accuracy %", "unstable modes", "with Ā inside",
+                     "accuracy %", "unstable modes"], rows, "lrrlrr"), ""]
+    return lines
+
+
 def section_stability(results):
     fp32 = lookup(results, "fp32")
     lines = [
@@ -740,6 +794,7 @@ def build_markdown(results, warnings, csv_path, discussion_path):
     lines += section_variants(results)
     lines += section_hetero(results)
     lines += section_state_percentile(results)
+    lines += section_abar_inside(results)
     lines += section_stability(results)
     lines += section_other(results, extra)
     lines += section_discussion(discussion_path)
