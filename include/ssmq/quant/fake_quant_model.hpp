@@ -400,9 +400,10 @@ class fake_quant_model {
       for (std::size_t h = 0; h < H; ++h)
         for (std::size_t n = 0; n < M; ++n) {
           const std::size_t i = h * M + n;
-          const float mag = std::hypot(q.abar_re[i], q.abar_im[i]);
-          heads[h].max_abs_abar = std::max(heads[h].max_abs_abar, mag);
-          heads[h].modes_on_or_outside += mag >= 1.0f;
+          // In double: a float magnitude can round up to 1 for a mode strictly inside.
+          const double mag = std::hypot(static_cast<double>(q.abar_re[i]), static_cast<double>(q.abar_im[i]));
+          heads[h].max_abs_abar = std::max(heads[h].max_abs_abar, static_cast<float>(mag));
+          heads[h].modes_on_or_outside += mag >= 1.0;
         }
       r.layers.push_back(std::move(heads));
     }
