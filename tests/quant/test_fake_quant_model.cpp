@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -221,6 +222,48 @@ TEST_CASE("inside the unit circle: the nearest grid point strictly inside, as a 
     }
     INFO("bits " << bits);
     CHECK(moved > 0);  // the case exercises the rounding
+  }
+}
+
+TEST_CASE("inside the unit circle: unstable references, a grid coarser than the circle, and NaN") {
+  ssmq::quant_spec spec{4};
+  spec.calib = ssmq::calibration::minmax;
+  spec.inside_unit_circle = true;
+  auto run = [&](std::vector<float> re, std::vector<float> im) {
+    ssmq::quant::point_quantizer q{spec, 1, {}};
+    q.fit_complex(re, im, re.size());
+    std::vector<float> ore = re, oim = im;
+    q.apply_complex(ore, oim, re.size());
+    q.keep_inside_unit_circle(re, im, ore, oim, re.size());
+    return std::pair{ore, oim};
+  };
+  // Float modes outside the circle (|v| up to 1.5): pulled inside, then the nearest grid point.
+  {
+    const auto [re, im] = run({1.5f, -1.2f, 0.9f, 0.2f}, {0.1f, 0.5f, 0.9f, -1.1f});
+    for (std::size_t i = 0; i < re.size(); ++i)
+      CHECK(static_cast<double>(re[i]) * re[i] + static_cast<double>(im[i]) * im[i] < 1.0);
+  }
+  // A range so wide that the step exceeds the circle: 0 is the only grid point inside.
+  {
+    const auto [re, im] = run({40.0f, 1.0f}, {-40.0f, 0.0f});
+    CHECK(re[0] == 0.0f);
+    CHECK(im[0] == 0.0f);
+    CHECK(re[1] == 0.0f);
+    CHECK(im[1] == 0.0f);
+  }
+  // Fitting refuses NaN; a NaN met after fitting stays NaN, its neighbours are still handled.
+  {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    ssmq::quant::point_quantizer q{spec, 1, {}};
+    std::vector<float> re = {nan, 0.999f}, im = {0.0f, 0.999f};
+    CHECK_THROWS_AS(q.fit_complex(re, im, 2), std::invalid_argument);
+    const std::vector<float> fit_re = {-1.0f, 0.999f}, fit_im = {0.0f, 0.999f};
+    q.fit_complex(fit_re, fit_im, 2);
+    std::vector<float> ore = re, oim = im;
+    q.apply_complex(ore, oim, 2);
+    q.keep_inside_unit_circle(re, im, ore, oim, 2);
+    CHECK(std::isnan(ore[0]));
+    CHECK(static_cast<double>(ore[1]) * ore[1] + static_cast<double>(oim[1]) * oim[1] < 1.0);
   }
 }
 

@@ -176,9 +176,10 @@ struct point_quantizer {
   /// Under spec.inside_unit_circle (Ā in (re, im) format; otherwise nothing): every value of
   /// the fake-quantized tensor (re, im) [outer, heads, inner] on or outside the unit circle
   /// moves to the grid point strictly inside it nearest to its unquantized value (ref_re,
-  /// ref_im; a reference on or outside the circle is first pulled just inside). Rounding
-  /// both levels toward the zero level gives a point inside within one level of the nearest,
-  /// so the nearest inside point lies within 3 levels of it: the search covers that window.
+  /// ref_im; a reference on or outside the circle is first pulled half a step inside, or to 0
+  /// when a step exceeds the circle). Rounding both levels of the reference toward the zero
+  /// level (0 is always on the grid) gives a point inside within one level of its nearest, so
+  /// the nearest inside point lies within 3 levels of it: the search covers that window.
   void keep_inside_unit_circle(std::span<const float> ref_re, std::span<const float> ref_im, std::span<float> re,
                                std::span<float> im, std::size_t inner) const {
     if (!active() || !spec.inside_unit_circle || format != complex_format::re_im) return;
@@ -189,7 +190,7 @@ struct point_quantizer {
       const affine_params& p = of_head((i / inner) % heads);
       double tr = ref_re[i], ti = ref_im[i];
       if (const double r = std::hypot(tr, ti); !(r < 1.0)) {
-        const double pull = (1.0 - 0.5 * static_cast<double>(p.scale)) / r;  // half a step inside
+        const double pull = std::max(0.0, 1.0 - 0.5 * static_cast<double>(p.scale)) / r;  // half a step inside
         tr *= pull;
         ti *= pull;
       }
