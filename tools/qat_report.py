@@ -227,8 +227,9 @@ def main():
         if r["epochs"] == "10" or name.startswith("search-"):
             m = re.fullmatch(r"(?:search-)?[^-]+-(.+?)(?:-s\d+)?", name)
             recipe = m.group(1) if m else r["param"]
-            # A state percentile (x8p99.9) is part of the recipe, not of the footprint.
-            config = re.sub(r"p\d+(?:\.\d+)?", "", r["config"])
+            # A state percentile (x8p99.9) and the flag i on Ā are part of the recipe, not of
+            # the footprint.
+            config = re.sub(r"(Abar\d+)i", r"\1", re.sub(r"p\d+(?:\.\d+)?", "", r["config"]))
             configs.setdefault(config, {}).setdefault((recipe, r["epochs"]), []).append(r)
     points = []
     for config, by_recipe in configs.items():
