@@ -434,10 +434,21 @@ TEST_CASE("saving refuses a model that a file could not rebuild exactly") {
   CHECK(error_of([&] { (void)io::quantized_to_safetensors(off, fx.norm); }) ==
         "ssmq: cannot save the quantized model: 's4_layers.1.D' value 2 is not on its quantization grid (is it "
         "fake-quantized?)");
-  // A percentile that the configuration's name cannot express.
+  // A percentile that the configuration's name cannot express (outside (50, 100]).
   auto spec = ssmq::precision_from_name("D8");
-  spec[ssmq::component::d].percentile_milli = 99'000;
+  spec[ssmq::component::d].percentile_milli = 40'000;
   const ssmq::quant::fake_quant_model pct(tiny_model(ssmq::norm_placement::none, 11), spec);
-  CHECK(error_of([&] { (void)io::quantized_to_safetensors(pct, fx.norm); }).find("calibration percentile") !=
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(pct, fx.norm); }).find("cannot express") !=
         std::string::npos);
+}
+
+TEST_CASE("a calibration percentile and the flag i travel in the file's configuration name") {
+  const fixture fx;
+  const auto q = fx.calibrated("Abar8i_D8p99_x8p99.9");
+  const auto f = io::quantized_to_safetensors(q, fx.norm);
+  const auto back = io::quantized_from_safetensors(f);
+  CHECK(std::string(back.model.spec().name().view()) == "Abar8i_D8p99_x8p99.9");
+  CHECK(back.model.spec() == q.spec());
+  CHECK(back.model.spec()[ssmq::component::state].percentile_milli == 99'900);
+  CHECK(back.model.spec()[ssmq::component::abar].inside_unit_circle);
 }

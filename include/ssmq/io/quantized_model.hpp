@@ -342,11 +342,13 @@ inline quant::complex_formats complex_formats_from_metadata(const safetensors_fi
                                                                const data::normalisation& norm) {
   const quant::fake_quant_parts p = model.parts();
   const std::string name(p.spec.name().view());
-  // The name holds every setting but the calibration percentile, which only dynamic points
-  // still use at run time.
-  if (precision_from_name(name) != p.spec)
+  // The name holds every setting (the calibration percentile too, which dynamic points still
+  // use at run time); a spec edited outside the grammar's limits cannot be stored.
+  const parse_result back = parse_precision_name(name);
+  if (!back.ok || back.spec != p.spec)
     throw std::invalid_argument(cat("ssmq: cannot save the quantized model: its configuration '", name,
-                                    "' uses a calibration percentile other than 99.999, which its name cannot express"));
+                                    "' has a setting its name cannot express (e.g. a calibration percentile "
+                                    "outside (50, 100] or with more than 3 decimals)"));
   const quant::fake_quant_parts skeleton = quant::unfitted_parts(p.shape, p.spec, p.use_qgelu, p.complex_forms);
   detail::point_collector expected;
   detail::walk_quantized(skeleton, expected);
