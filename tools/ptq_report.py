@@ -609,13 +609,19 @@ def plot_components(results, path, plt):
     reference_lines(ax, fp32)
     ax.set_xticks(BITS)
     ax.set_xlim(BITS[0] - 0.3, BITS[-1] + 0.3)
+    finish_accuracy_plot(fig, ax, plt, path, "bits of the quantized component(s)",
+                         "PTQ on sMNIST: each component alone (others float32), and all together", bool(results))
+
+
+def finish_accuracy_plot(fig, ax, plt, path, xlabel, title, has_data):
+    """Axis labels, grid and legend of a test-accuracy plot, then the file."""
     ax.set_ylim(0, 100)
-    ax.set_xlabel("bits of the quantized component(s)", fontsize=11)
+    ax.set_xlabel(xlabel, fontsize=11)
     ax.set_ylabel("test accuracy (%)", fontsize=11)
-    ax.set_title("PTQ on sMNIST: each component alone (others float32), and all together", fontsize=12)
+    ax.set_title(title, fontsize=12)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    if not results:
+    if not has_data:
         ax.text(0.5, 0.5, "no rows in the CSV yet", transform=ax.transAxes, ha="center")
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -745,16 +751,8 @@ def plot_state_percentile(results, path, plt):
     reference_lines(ax, fp32)
     ax.set_xticks(xs)
     ax.set_xticklabels([f"{p}\n(default)" if p == DEFAULT_PERCENTILE else p for p in percents])
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("percentile of the state's static range (%)", fontsize=11)
-    ax.set_ylabel("test accuracy (%)", fontsize=11)
-    ax.set_title("PTQ on sMNIST: the state's calibration percentile", fontsize=12)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    if not drawn:
-        ax.text(0.5, 0.5, "no rows in the CSV yet", transform=ax.transAxes, ha="center")
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    finish_accuracy_plot(fig, ax, plt, path, "percentile of the state's static range (%)",
+                         "PTQ on sMNIST: the state's calibration percentile", drawn)
 
 
 def accuracy_or_nan(row):
