@@ -184,9 +184,9 @@ struct point_quantizer {
                                std::span<float> im, std::size_t inner) const {
     if (!active() || !spec.inside_unit_circle || format != complex_format::re_im) return;
     const int_limits lim = spec.limits();
-    auto inside = [](double a, double b) { return a * a + b * b < 1.0; };
+    auto norm2 = [](double a, double b) { return a * a + b * b; };
     for (std::size_t i = 0; i < re.size(); ++i) {
-      if (!(static_cast<double>(re[i]) * re[i] + static_cast<double>(im[i]) * im[i] >= 1.0)) continue;  // inside, or NaN
+      if (!(norm2(re[i], im[i]) >= 1.0)) continue;  // inside, or NaN
       const affine_params& p = of_head((i / inner) % heads);
       double tr = ref_re[i], ti = ref_im[i];
       if (const double r = std::hypot(tr, ti); !(r < 1.0)) {
@@ -200,7 +200,7 @@ struct point_quantizer {
       for (std::int32_t a = std::max(lr - 3, lim.qmin); a <= std::min(lr + 3, lim.qmax); ++a)
         for (std::int32_t b = std::max(li - 3, lim.qmin); b <= std::min(li + 3, lim.qmax); ++b) {
           const float vr = kernels::scalar::dequantize_value(a, p), vi = kernels::scalar::dequantize_value(b, p);
-          if (!inside(vr, vi)) continue;
+          if (!(norm2(vr, vi) < 1.0)) continue;
           const double d = (vr - tr) * (vr - tr) + (vi - ti) * (vi - ti);
           if (d < best) {
             best = d;
