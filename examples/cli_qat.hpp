@@ -3,7 +3,8 @@
 // configuration and a parameterization of Ā. Calibrates the activation and state ranges
 // (static, as PTQ does), reports the PTQ starting point, trains the shadows in recurrent mode
 // (Adam, cosine schedule), keeps the epoch with the best validation accuracy, and reports the
-// test accuracy of that model through the fake-quantized evaluation path of PTQ.
+// test accuracy of that model through the fake-quantized evaluation path of PTQ. With
+// --average, a moving average of the shadows is what is validated, kept and saved.
 // Writes <out> (shadows + calibration, loadable with io::qat_from_safetensors), <out>.log.csv,
 // <out>.train-state after every epoch (--resume continues bit-identically), and at the end
 // the chosen model as a quantized model file, <out>.quant.safetensors (integer levels, scales,
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -30,6 +32,7 @@ struct qat_args {
   std::size_t epochs = 10, batch = 64, threads = 2, micro_batch = 16, calib_batches = 4, calib_batch = 32;
   std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
   double lr = 1e-3, ssm_lr = 0.0, range_momentum = 0.0;  // ssm_lr 0: the same as lr
+  double average = 0.0;  // 0: no moving average of the shadows
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -57,6 +60,9 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--test-limit", a.test_limit, "test on only the first N test sequences");
   cmd->add_option("--range-momentum", a.range_momentum,
                   "0: activation ranges stay as calibrated (default); > 0: moving average of each step's min/max");
+  cmd->add_option("--average", a.average,
+                  "0: validate and keep the trained shadows (default); in (0, 1): an exponential moving average of "
+                  "them with this decay per step (e.g. 0.999), validated, kept and saved instead");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
@@ -72,6 +78,8 @@ inline std::string qat_fingerprint(const qat_args& a) {
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " range_momentum=%.17g", a.range_momentum);
   if (a.ssm_lr > 0.0 && a.ssm_lr != a.lr)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " ssm_lr=%.17g", a.ssm_lr);
+  if (a.average > 0.0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " average=%.17g", a.average);
   return buf;
 }
 
@@ -105,6 +113,7 @@ inline int run_qat(const qat_args& a) {
   std::size_t best_epoch = 0;
   ssmq::quant::qat_model model(ck.model, spec, param);
   ssmq::train::adam<float> opt(model.shadows, o.adam);
+  std::optional<ssmq::quant::shadow_average> average;  // follows the shadows from the start of training
   if (a.resume && fs::exists(state)) {
     const auto f = ssmq::io::load_safetensors(state);
     if (ssmq::io::metadata_string(f, "train.fingerprint") != qat_fingerprint(a))
@@ -112,6 +121,7 @@ inline int run_qat(const qat_args& a) {
                                   ssmq::io::metadata_string(f, "train.fingerprint") + ")");
     model = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
     ssmq::io::restore_optimizer_state(f, model.shadows, opt);
+    if (a.average > 0.0) ssmq::io::restore_average_state(f, average.emplace(model.shadows, a.average));
     o.first_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.next_epoch", 0));
     best_acc = ssmq::io::metadata_double(f, "train.best_val_accuracy");
     best_epoch = static_cast<std::size_t>(ssmq::io::metadata_integer(f, "train.best_epoch", 0));
@@ -137,6 +147,7 @@ inline int run_qat(const qat_args& a) {
     log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,state_clamp_rate,seconds,samples_per_second\n";
     log << "0,0,,," << ptq.loss << ',' << ptq.accuracy << ",,,\n" << std::flush;
   }
+  if (a.average > 0.0 && !average) average.emplace(model.shadows, a.average);
   double seconds = 0.0;  // training time over all epochs (kept across resumes)
   if (o.first_epoch > 0) seconds = ssmq::io::metadata_double(ssmq::io::load_safetensors(state), "train.seconds");
   ssmq::quant::qat_train(model, opt, training, &validation, o, [&](const ssmq::quant::qat_epoch_stats& st) {
@@ -153,9 +164,15 @@ inline int run_qat(const qat_args& a) {
     if (st.validation.accuracy > best_acc) {
       best_acc = st.validation.accuracy;
       best_epoch = st.epoch;
-      ssmq::io::save_safetensors(out, f);
+      if (average)  // the validated model is the average
+        ssmq::io::save_safetensors(out, ssmq::quant::with_shadows(model, average->values(), [&] {
+                                     return ssmq::io::to_safetensors(ck, model);
+                                   }));
+      else
+        ssmq::io::save_safetensors(out, f);
     }
     ssmq::io::add_optimizer_state(f, model.shadows, opt);
+    if (average) ssmq::io::add_average_state(f, *average);
     ssmq::io::set_metadata(f, "train.fingerprint", qat_fingerprint(a));
     ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
     ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
@@ -164,7 +181,7 @@ inline int run_qat(const qat_args& a) {
     ssmq::io::set_metadata(f, "qat.ptq_test_accuracy", ptq_test);
     ssmq::io::set_metadata(f, "train.seconds", seconds);
     ssmq::io::save_safetensors(state, f);
-  });
+  }, average ? &*average : nullptr);
 
   // The chosen epoch, evaluated through PTQ's fake-quantized model (what a file would hold).
   auto best = ssmq::io::qat_from_safetensors(ssmq::io::load_safetensors(out)).model;

@@ -10,7 +10,9 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -529,8 +531,12 @@ TEST_CASE("a polar QAT model as a quantized model file: Ā as magnitude and phas
 }
 
 TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an uninterrupted one") {
-  for (const double momentum : {0.0, 0.1}) {
-    INFO("range momentum " << momentum);
+  struct variant {
+    double momentum, average;  // range momentum; decay of the moving average of the shadows (0: none)
+  };
+  for (const variant var : {variant{0.0, 0.0}, variant{0.1, 0.0}, variant{0.0, 0.9}}) {
+    const double momentum = var.momentum;
+    INFO("range momentum " << momentum << ", average " << var.average);
     const auto train_set = ssmq_test::synthetic(60, 21);
     const auto norm = ssmq::data::compute_normalisation(train_set);
     ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
@@ -546,38 +552,107 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
       q.calibrate(tb, 1, 1);
       return q;
     };
+    using average_t = std::optional<ssmq::quant::shadow_average>;
+    auto start_average = [&](ssmq::quant::qat_model& q) {
+      return var.average > 0.0 ? average_t(std::in_place, q.shadows, var.average) : average_t();
+    };
     auto whole = fresh();
+    auto whole_avg = start_average(whole);
     ssmq::train::adam<float> opt(whole.shadows, o.adam);
-    ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+    ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {},
+                           whole_avg ? &*whole_avg : nullptr);
 
     // Interrupted after the first epoch: its state goes through bytes, then the run continues.
     struct stop {};
     std::vector<std::uint8_t> saved;
     auto first = fresh();
+    auto first_avg = start_average(first);
     ssmq::train::adam<float> opt1(first.shadows, o.adam);
-    CHECK_THROWS_AS(ssmq::quant::qat_train(first, opt1, tb, nullptr, o,
-                                           [&](const ssmq::quant::qat_epoch_stats&) {
-                                             auto f = ssmq::io::to_safetensors(pre, first);
-                                             ssmq::io::add_optimizer_state(f, first.shadows, opt1);
-                                             saved = ssmq::io::to_bytes(f);
-                                             throw stop{};
-                                           }),
+    CHECK_THROWS_AS(ssmq::quant::qat_train(
+                        first, opt1, tb, nullptr, o,
+                        [&](const ssmq::quant::qat_epoch_stats&) {
+                          auto f = ssmq::io::to_safetensors(pre, first);
+                          ssmq::io::add_optimizer_state(f, first.shadows, opt1);
+                          if (first_avg) ssmq::io::add_average_state(f, *first_avg);
+                          saved = ssmq::io::to_bytes(f);
+                          throw stop{};
+                        },
+                        first_avg ? &*first_avg : nullptr),
                     stop);
     const auto f = ssmq::io::from_bytes(saved, "memory");
     auto resumed = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
     ssmq::train::adam<float> opt2(resumed.shadows, o.adam);
     ssmq::io::restore_optimizer_state(f, resumed.shadows, opt2);
+    auto resumed_avg = start_average(resumed);
+    if (resumed_avg) ssmq::io::restore_average_state(f, *resumed_avg);
     auto o2 = o;
     o2.first_epoch = 1;
-    ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {});
-    const tensors a = named(whole.shadows), b = named(resumed.shadows);
-    for (const auto& entry : a) {
-      const std::string& n = entry.first;
-      const std::vector<float>& v = entry.second;
-      INFO(n);
-      CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
-    }
+    ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {},
+                           resumed_avg ? &*resumed_avg : nullptr);
+    auto same_bytes = [](ssmq::quant::qat_params& x, ssmq::quant::qat_params& y) {
+      const tensors a = named(x), b = named(y);
+      for (const auto& entry : a) {
+        const std::string& n = entry.first;
+        const std::vector<float>& v = entry.second;
+        INFO(n);
+        CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
+      }
+    };
+    same_bytes(whole.shadows, resumed.shadows);
+    REQUIRE(whole_avg.has_value() == (var.average > 0.0));
+    if (whole_avg) same_bytes(whole_avg->values(), resumed_avg->values());
   }
+}
+
+TEST_CASE("with a moving average of the shadows: training is unchanged, validation is the average's") {
+  const auto train_set = ssmq_test::synthetic(60, 31), val_set = ssmq_test::synthetic(30, 32);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 4, false});
+  ssmq::data::batcher vb(val_set, norm, {15, ssmq::data::batch_order::sequential, 0, false});
+  const auto m = ssmq_test::small_model();
+  ssmq::quant::qat_options o;
+  o.epochs = 2;
+  o.threads = 2;
+  o.micro_batch = 5;
+  o.adam.lr = 1e-2;
+  auto fresh = [&] {
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::frozen);
+    q.calibrate(tb, 1, 1);
+    return q;
+  };
+  auto plain = fresh();
+  ssmq::train::adam<float> opt(plain.shadows, o.adam);
+  std::vector<ssmq::quant::qat_epoch_stats> plain_log, avg_log;
+  ssmq::quant::qat_train(plain, opt, tb, &vb, o, [&](const ssmq::quant::qat_epoch_stats& s) { plain_log.push_back(s); });
+
+  auto averaged = fresh();
+  ssmq::quant::shadow_average avg(averaged.shadows, 0.8);
+  ssmq::train::adam<float> opt2(averaged.shadows, o.adam);
+  ssmq::quant::qat_train(averaged, opt2, tb, &vb, o,
+                         [&](const ssmq::quant::qat_epoch_stats& s) { avg_log.push_back(s); }, &avg);
+  // The average never feeds back: the shadows and the training figures are the plain run's.
+  const tensors a = named(plain.shadows), b = named(averaged.shadows), c = named(avg.values());
+  for (const auto& entry : a) {
+    const std::string& n = entry.first;
+    INFO(n);
+    CHECK(std::memcmp(entry.second.data(), b.at(n).data(), entry.second.size() * sizeof(float)) == 0);
+  }
+  CHECK(avg.updates() == 6);  // 3 batches per epoch
+  REQUIRE(avg_log.size() == 2);
+  CHECK(avg_log.back().train_loss == plain_log.back().train_loss);
+  // The last validation is the average's: a model holding the average's values gives it.
+  auto holder = fresh();
+  holder.shadows = avg.values();
+  const auto direct = ssmq::quant::qat_evaluate(holder, vb, 2);
+  CHECK(avg_log.back().validation.loss == direct.loss);
+  CHECK(avg_log.back().validation.accuracy == direct.accuracy);
+  CHECK(c.at("decoder.weight") != a.at("decoder.weight"));  // and it differs from the shadows
+  // with_shadows puts the model's own shadows back, also when the call throws.
+  CHECK_THROWS_AS(ssmq::quant::with_shadows(averaged, avg.values(), []() -> int { throw std::runtime_error("x"); }),
+                  std::runtime_error);
+  const tensors after = named(averaged.shadows);
+  CHECK(after == a);
+  CHECK(named(avg.values()) == c);
 }
 
 TEST_CASE("activation ranges stay as calibrated by default; with a momentum they follow each step's min/max") {

@@ -2,12 +2,15 @@
 // Adam's state in a safetensors file: the step count and the moments of every parameter
 // ("adam.m.<name>", "adam.v.<name>", float like the parameters, so restoring is exact). Works
 // for any parameter set with for_each(name, std::vector<float>&, group): the float model's
-// parameters and QAT's shadows.
+// parameters and QAT's shadows. A moving average of the parameters (train::parameter_average),
+// when a run keeps one, is saved beside it ("avg.<name>", metadata train.average_updates and
+// train.average_decay).
 #include <set>
 #include <string>
 #include <vector>
 
 #include "../train/optimizer.hpp"
+#include "../train/parameter_average.hpp"
 #include "safetensors.hpp"
 
 namespace ssmq::io {
@@ -37,11 +40,35 @@ void restore_optimizer_state(const safetensors_file& f, P params, train::adam<fl
   opt.set_steps(static_cast<std::size_t>(metadata_integer(f, "train.adam_steps", 0)));
 }
 
-/// Names of the tensors add_optimizer_state writes (to allow them as extras when loading).
+template <class P>
+void add_average_state(safetensors_file& f, train::parameter_average<P>& avg) {
+  avg.values().for_each([&](const std::string& name, std::vector<float>& v, param_group) {
+    f.tensors["avg." + name] = {{v.size()}, v};
+  });
+  set_metadata(f, "train.average_updates", avg.updates());
+  set_metadata(f, "train.average_decay", avg.decay());
+}
+
+/// Restores a moving average from `f` (every name and shape checked; the decay must be the
+/// saved one, or the resumed run would average differently).
+template <class P>
+void restore_average_state(const safetensors_file& f, train::parameter_average<P>& avg) {
+  if (metadata_double(f, "train.average_decay") != avg.decay())
+    detail::fail(f.source, "the saved moving average used another decay (", metadata_string(f, "train.average_decay"),
+                 "), not ", std::to_string(avg.decay()));
+  avg.values().for_each([&](const std::string& name, std::vector<float>& v, param_group) {
+    const auto a = expect_tensor(f, "avg." + name, {v.size()});
+    v.assign(a.begin(), a.end());
+  });
+  avg.set_updates(static_cast<std::size_t>(metadata_integer(f, "train.average_updates", 0)));
+}
+
+/// Names of the tensors add_optimizer_state and add_average_state write (to allow them as
+/// extras when loading).
 [[nodiscard]] inline std::set<std::string> optimizer_tensor_names(const safetensors_file& f) {
   std::set<std::string> names;
   for (const auto& [name, t] : f.tensors)
-    if (name.rfind("adam.", 0) == 0) names.insert(name);
+    if (name.rfind("adam.", 0) == 0 || name.rfind("avg.", 0) == 0) names.insert(name);
   return names;
 }
 

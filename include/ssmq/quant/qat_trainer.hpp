@@ -11,11 +11,13 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../data/batcher.hpp"
 #include "../nn/loss.hpp"
 #include "../train/optimizer.hpp"
+#include "../train/parameter_average.hpp"
 #include "../train/progress.hpp"
 #include "../train/trainer.hpp"
 #include "qat_model.hpp"
@@ -131,11 +133,29 @@ struct qat_epoch_stats {
   double samples_per_second = 0.0;
 };
 
+/// Runs f() with `shadows` in the model's place, then puts the model's own back (also when f
+/// throws): how the moving average of the shadows is evaluated and saved.
+template <class F>
+decltype(auto) with_shadows(qat_model& model, qat_params& shadows, F&& f) {
+  struct swap_back {
+    qat_model& m;
+    qat_params& s;
+    ~swap_back() { std::swap(m.shadows, s); }
+  };
+  std::swap(model.shadows, shadows);
+  const swap_back guard{model, shadows};
+  return f();
+}
+
+using shadow_average = train::parameter_average<qat_params>;
+
 /// Trains for o.epochs (from o.first_epoch), evaluating on `validation` (if given) after each
-/// epoch and calling on_epoch(stats) - where callers log, checkpoint and select.
+/// epoch and calling on_epoch(stats) - where callers log, checkpoint and select. With an
+/// `average`, it follows every step and the validation figures are the average's.
 inline void qat_train(qat_model& model, train::adam<float>& opt, const data::batcher& training,
                       const data::batcher* validation, const qat_options& o,
-                      const std::function<void(const qat_epoch_stats&)>& on_epoch) {
+                      const std::function<void(const qat_epoch_stats&)>& on_epoch,
+                      shadow_average* average = nullptr) {
   if (o.threads == 0 || o.micro_batch == 0) throw std::invalid_argument("ssmq: threads and micro_batch must be >= 1");
   if (!model.calibrated()) throw std::logic_error("ssmq: calibrate the QAT model before training");
   qat_workspace ws;
@@ -155,6 +175,7 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     const auto t0 = train::progress::clock::now();
     training.for_each_batch(e, [&](const data::batch& b) {
       const auto r = qat_train_step(model, opt, b, o, scale, ws);
+      if (average) average->update(model.shadows);
       loss += r.loss;
       ok += r.correct;
       clamped += r.state_clamped;
@@ -171,7 +192,10 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     st.train_loss = loss / static_cast<double>(seen);
     st.train_accuracy = static_cast<double>(ok) / static_cast<double>(seen);
     st.state_clamp_rate = steps ? static_cast<double>(clamped) / (static_cast<double>(steps) * state_values_per_seq) : 0.0;
-    if (validation) st.validation = qat_evaluate(model, *validation, o.threads);
+    if (validation && average)
+      st.validation = with_shadows(model, average->values(), [&] { return qat_evaluate(model, *validation, o.threads); });
+    else if (validation)
+      st.validation = qat_evaluate(model, *validation, o.threads);
     on_epoch(st);
   }
 }
