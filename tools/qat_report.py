@@ -38,6 +38,17 @@ RECIPES = {
 XP = re.compile(r"(.+)-xp(\d+(?:\.\d+)?)")
 
 
+# A run name's recipe part may start with x<bits>-: the state at that width instead of the
+# configuration's usual x8 (the rest of the name is the recipe).
+XW = re.compile(r"x(\d+)-(.+)")
+
+
+def state_width(recipe):
+    """(state bits or None, recipe without the x<bits>- prefix)."""
+    m = XW.fullmatch(recipe)
+    return (int(m.group(1)), m.group(2)) if m else (None, recipe)
+
+
 def recipe_label(recipe):
     m = XP.fullmatch(recipe)
     known = recipe in RECIPES or (m and m.group(1) in RECIPES)
@@ -83,7 +94,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -108,12 +119,14 @@ def main():
                 groups.setdefault(m.group(1), []).append(r)
         if not groups:
             w(f"| {label} (`{config}`) | discrete | 0 | | not run yet | | | | |")
-        for recipe, rows in sorted(groups.items(), key=lambda kv: (kv[0] != "discrete", kv[0])):
+        for recipe, rows in sorted(groups.items(), key=lambda kv: (state_width(kv[0])[0] or 0, kv[0] != "discrete", kv[0])):
             accs = [float(r["test_accuracy"]) for r in rows]
             m, sp = mean_spread(accs)
             r0 = rows[0]
             vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
-            w(f"| {label} (`{config}`) | {recipe_label(recipe)} | {len(rows)} | {pct(r0['ptq_test_accuracy'])} | {100 * m:.2f} | "
+            xbits, recipe = state_width(recipe)
+            shown = label if xbits is None else (label.replace(" x8", f" x{xbits}") if " x8" in label else f"{label}, x{xbits}")
+            w(f"| {shown} (`{r0['config']}`) | {recipe_label(recipe)} | {len(rows)} | {pct(r0['ptq_test_accuracy'])} | {100 * m:.2f} | "
               f"{(f'{100 * sp:.2f}' if len(rows) > 1 else '-')} | {vs} | {int(r0['footprint_bytes']):,} | "
               f"{float(r0['reduction_total']):.2f}x / {float(r0['reduction_parameters']):.2f}x |")
     w("")
@@ -174,6 +187,57 @@ def main():
             w(f"| {bits} | | not run yet | |")
     w("")
 
+    # The state's width: runs named <point>-x<bits>-<recipe>..., beside the same run at x8.
+    wide = [(name, r) for name, r in sorted(runs.items()) if re.search(r"-x\d+-", name)]
+    w("## The state's width (x12: a wider run-time buffer, the same parameters)")
+    w("")
+    if wide:
+        w("The state x is requantized at every step, three times, and PTQ of x alone holds the float")
+        w("accuracy only from 12 bits on ([ptq.md](ptq.md)). x is a run-time buffer, not a parameter:")
+        w("12 bits (in 16-bit slots) add 1,024 B of state and no parameter byte. Each run beside the")
+        w("same configuration and recipe with x8 (mean over its seeds; its epochs shown).")
+        w("")
+        w("| run | configuration | PTQ val % | best val % (epoch) | test % | with x8: test % (runs, epochs) | reduction (total / parameters) |")
+        w("|---|---|--:|--:|--:|--:|--:|")
+        for name, r in wide:
+            base = re.sub(r"-x\d+-", "-", name)
+            base_rows = [b for n, b in runs.items() if n == base or re.fullmatch(re.escape(re.sub(r"-s\d+$", "", base)) + r"-s\d+", n)]
+            if base_rows:
+                bm, _ = mean_spread([float(b["test_accuracy"]) for b in base_rows])
+                bcell = f"{100 * bm:.2f} ({len(base_rows)}, {base_rows[0]['epochs']})"
+            else:
+                bcell = "-"
+            w(f"| {name} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
+              f"{pct(r['test_accuracy'])} | {bcell} | {float(r['reduction_total']):.2f}x / {float(r['reduction_parameters']):.2f}x |")
+    else:
+        w("Not run yet (`tools/qat-runs xwide`).")
+    w("")
+
+    # The moving average of the shadows against the shadows themselves: the same training run.
+    plain = read_csv(os.path.join(RES, "qat-logs", "hetero8-frozen-s0.csv"))
+    avg = read_csv(os.path.join(RES, "qat-logs", "hetero8-frozen-avg0.999-s0.csv"))
+    w("## Averaging the shadows (W4 act6 Ā8 x8, frozen, seed 0, 10 epochs)")
+    w("")
+    if plain and avg and "hetero8-frozen-avg0.999-s0" in runs:
+        same = len(plain) == len(avg) and all(x["train_loss"] == y["train_loss"] and x["train_accuracy"] == y["train_accuracy"]
+                                              for x, y in zip(plain, avg))
+        w("`--average 0.999` validates a moving average of the shadows (about 1,000 steps, 1.3 epochs)")
+        w("instead of the shadows. The average does not feed back into training, so the run trains")
+        w("exactly as `hetero8-frozen-s0` " + ("(their logged training loss and accuracy agree in every digit)"
+                                               if same else "(**but their logged training figures differ**)") +
+          ", and the columns compare the two models of the same trajectory epoch by epoch.")
+        w("")
+        w("| epoch | lr | train loss | val % (shadows) | val % (average) |")
+        w("|--:|--:|--:|--:|--:|")
+        for a, b in zip(plain[1:], avg[1:]):
+            w(f"| {a['epoch']} | {float(a['lr']):.2e} | {float(a['train_loss']):.4f} | {pct(a['val_accuracy'])} | {pct(b['val_accuracy'])} |")
+        ra, rb = runs["hetero8-frozen-s0"], runs["hetero8-frozen-avg0.999-s0"]
+        w(f"| chosen | | | {pct(ra['best_val_accuracy'])} (epoch {ra['best_epoch']}), test {pct(ra['test_accuracy'])} | "
+          f"{pct(rb['best_val_accuracy'])} (epoch {rb['best_epoch']}), test {pct(rb['test_accuracy'])} |")
+    else:
+        w("Not run yet (`tools/qat-runs average`).")
+    w("")
+
     # The recipe study: the heterogeneous point for 2 epochs, chosen on validation accuracy.
     rec = [(m.group(1), r) for name, r in sorted(runs.items())
            if (m := re.fullmatch(r"hetero8-(.+)-e2", name)) and not XP.fullmatch(m.group(1))]
@@ -228,7 +292,7 @@ def main():
     for name, r in runs.items():
         if r["epochs"] == "10" or name.startswith("search-"):
             m = re.fullmatch(r"(?:search-)?[^-]+-(.+?)(?:-s\d+)?", name)
-            recipe = m.group(1) if m else r["param"]
+            recipe = state_width(m.group(1))[1] if m else r["param"]
             # A state percentile (x8p99.9) and the flag i on Ā are part of the recipe, not of
             # the footprint.
             config = re.sub(r"(Abar\d+)i", r"\1", re.sub(r"p\d+(?:\.\d+)?", "", r["config"]))
