@@ -33,6 +33,7 @@ struct qat_args {
   std::size_t val_size = 10'000, train_limit = 0, val_limit = 0, test_limit = 0;
   double lr = 1e-3, ssm_lr = 0.0, range_momentum = 0.0;  // ssm_lr 0: the same as lr
   double average = 0.0;  // 0: no moving average of the shadows
+  double dampen = 0.0;   // 0: no oscillation dampening
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -63,6 +64,9 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--average", a.average,
                   "0: validate and keep the trained shadows (default); in (0, 1): an exponential moving average of "
                   "them with this decay per step (e.g. 0.999), validated, kept and saved instead");
+  cmd->add_option("--dampen", a.dampen,
+                  "0: off (default); > 0: oscillation dampening, the gradient of (lambda/2) sum (w - q(w))^2 "
+                  "added to every quantized shadow");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
@@ -80,6 +84,8 @@ inline std::string qat_fingerprint(const qat_args& a) {
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " ssm_lr=%.17g", a.ssm_lr);
   if (a.average > 0.0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " average=%.17g", a.average);
+  if (a.dampen > 0.0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " dampen=%.17g", a.dampen);
   return buf;
 }
 
@@ -108,6 +114,7 @@ inline int run_qat(const qat_args& a) {
   o.adam.lr = a.lr;
   o.adam.ssm_lr = a.ssm_lr > 0.0 ? a.ssm_lr : a.lr;
   o.range_momentum = a.range_momentum;
+  o.dampening = a.dampen;
   const fs::path out(a.out), state(a.out + ".train-state");
   double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
   std::size_t best_epoch = 0;

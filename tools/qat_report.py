@@ -29,7 +29,7 @@ RECIPES = {
     "frozen-i": "`frozen` with Ā rounded inside the unit circle (flag `i`: `Abar8i`, `Abar6i`): no mode starts on or outside it",
     "frozen-from-e30": "`frozen`, starting from the 30-epoch pre-trained model (96.90 % float; \"vs float\" still compares with 97.60 %)",
     "frozen-avg0.999": "`frozen`, validating, keeping and saving an exponential moving average of the shadows (decay 0.999 per step, `--average 0.999`) instead of the shadows themselves",
-    "frozen-i-avg0.999": "`frozen-i` with the moving average of `frozen-avg0.999`",
+    "frozen-damp0.01": "`frozen` with oscillation dampening (`--dampen 0.01`): every quantized shadow pulled toward its grid point by the gradient 0.01 (w - q(w)) / s^2",
 }
 
 
@@ -94,7 +94,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")

@@ -691,3 +691,68 @@ TEST_CASE("activation ranges stay as calibrated by default; with a momentum they
     }
   }
 }
+
+TEST_CASE("oscillation dampening: lambda (w - q(w)) / s^2 toward the nearest grid point, only on quantized shadows") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(6, 13);
+  ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {6, ssmq::data::batch_order::sequential, 0, false});
+  const float lambda = 0.5f;
+  for (const auto param : all_params) {
+    INFO(ssmq::quant::to_string(param));
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name("all3"), param);
+    q.calibrate(b, 1, 1);
+    const auto pp = q.prepare();
+    ssmq::quant::qat_params g(q.shape(), param);
+    g.zero();
+    q.add_dampening(pp, lambda, g);
+    const tensors grad = named(g), w = named(q.shadows);
+    // Per-tensor weights: w - g / lambda is a grid point of the tensor's quantizer, at most
+    // half a step from w (the point w rounds to); outside the clipping range nothing.
+    auto on_grid = [&](const std::string& name, const ssmq::quant::point_quantizer& pq, std::size_t inner,
+                       const std::vector<float>& mask) {
+      INFO(name);
+      bool pulled = false;
+      for (std::size_t i = 0; i < w.at(name).size(); ++i) {
+        const auto p = pq.params.size() == 1 ? pq.params[0] : pq.params.at((i / inner) % pq.heads);
+        const double d = grad.at(name)[i] / lambda * p.scale * p.scale;
+        if (mask[i] == 0.0f) {
+          CHECK(d == 0.0);
+          continue;
+        }
+        CHECK(std::fabs(d) <= 0.5 * p.scale * (1 + 1e-4));
+        const double level = (w.at(name)[i] - d) / p.scale + p.zero_point;
+        CHECK(std::fabs(level - std::round(level)) < 1e-3);
+        pulled = pulled || d != 0.0;
+      }
+      CHECK(pulled);
+    };
+    on_grid("decoder.weight", pp.q_w_dec, m.shape().heads, pp.m_w_dec);
+    on_grid("encoder.weight", pp.q_w_enc, 1, pp.m_w_enc);
+    on_grid("s4_layers.1.output_linear.0.weight", pp.layers[1].q_w_out, m.shape().heads, pp.layers[1].m_w_out);
+    // Per head: C̄'s step is its head's.
+    REQUIRE(pp.layers[0].q_cbar.params.size() == m.shape().heads);
+    on_grid("s4_layers.0.kernel.C_re", pp.layers[0].q_cbar, m.shape().modes(), pp.layers[0].m_cre);
+    on_grid("s4_layers.0.kernel.C_im", pp.layers[0].q_cbar, m.shape().modes(), pp.layers[0].m_cim);
+    if (param != abar_parameterization::continuous)
+      on_grid("s4_layers.1.kernel.Bbar_re", pp.layers[1].q_bbar, m.shape().modes(), pp.layers[1].m_bre);
+    // Biases are not quantized: no pull. Under continuous, A and dt are not quantized values.
+    for (const char* n : {"decoder.bias", "encoder.bias", "s4_layers.0.output_linear.0.bias"})
+      for (const float v : grad.at(n)) CHECK(v == 0.0f);
+    if (param == abar_parameterization::continuous)
+      for (const char* n : {"s4_layers.0.kernel.log_dt", "s4_layers.0.kernel.log_A_real", "s4_layers.0.kernel.A_imag"})
+        for (const float v : grad.at(n)) CHECK(v == 0.0f);
+    // Every quantized SSM tensor the parameterization trains is pulled somewhere.
+    std::vector<std::string> pulled_names = {"s4_layers.0.kernel.C_re", "s4_layers.0.kernel.C_im"};
+    if (param != abar_parameterization::continuous)
+      pulled_names.insert(pulled_names.end(), {"s4_layers.0.kernel.Bbar_re", "s4_layers.0.kernel.Bbar_im"});
+    if (param == abar_parameterization::discrete)
+      pulled_names.insert(pulled_names.end(), {"s4_layers.0.kernel.Abar_re", "s4_layers.0.kernel.Abar_im"});
+    if (param == abar_parameterization::polar)
+      pulled_names.insert(pulled_names.end(), {"s4_layers.0.kernel.Abar_mag", "s4_layers.0.kernel.Abar_phase"});
+    for (const auto& n : pulled_names) {
+      INFO(n);
+      const auto& v = grad.at(n);
+      CHECK(std::any_of(v.begin(), v.end(), [](float x) { return x != 0.0f; }));
+    }
+  }
+}

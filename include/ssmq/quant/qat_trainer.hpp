@@ -33,6 +33,9 @@ struct qat_options {
   /// 0: activation ranges stay as calibrated (the default, the paper's pipeline); > 0: they
   /// follow a moving average of each step's min/max with this momentum (qat_model::track_ranges).
   double range_momentum = 0.0;
+  /// 0: off (the default, the paper's pipeline); > 0: oscillation dampening with this weight
+  /// (qat_model::add_dampening).
+  double dampening = 0.0;
 };
 
 /// Per-thread buffers of a QAT run, kept across steps.
@@ -80,6 +83,7 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   });
   for (std::size_t t = 1; t < o.threads; ++t) ws.grads[0].add(ws.grads[t]);
   model.finish_backward(pp, ws.grads[0], ws.shadow_grads);
+  if (o.dampening > 0.0) model.add_dampening(pp, static_cast<float>(o.dampening), ws.shadow_grads);
   opt.step(model.shadows, ws.shadow_grads, lr_scale);
   if (o.range_momentum > 0.0) model.track_ranges(ws.caches, o.range_momentum);
   qat_step_result r;
