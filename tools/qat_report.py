@@ -94,7 +94,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -211,6 +211,25 @@ def main():
               f"{pct(r['test_accuracy'])} | {bcell} | {float(r['reduction_total']):.2f}x / {float(r['reduction_parameters']):.2f}x |")
     else:
         w("Not run yet (`tools/qat-runs xwide`).")
+    w("")
+
+    # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.
+    abl = [(m.group(1), r) for name, r in runs.items() if (m := re.fullmatch(r"abl-x12-(.+)-e2", name))]
+    w("## Where the heterogeneous point loses accuracy (x12, frozen, 2 epochs)")
+    w("")
+    if abl:
+        w("`Abar8_Bbar4_Cbar4_D4_x12_ssm6_W4_act6` (`base`), and the same with one group of components")
+        w("at 8 bits: the Linear weights (`W8`), their input activations (`act8`), the SSM block's")
+        w("input and output activations (`ssm8`), or B̄, C̄ and D (`BCD8`). Chosen on validation; the")
+        w("test column for completeness.")
+        w("")
+        w("| variant | configuration | best val % (epoch) | test % | parameter bytes | reduction (parameters) |")
+        w("|---|---|--:|--:|--:|--:|")
+        for v, r in sorted(abl, key=lambda t: (t[0] != "base", -float(t[1]["best_val_accuracy"]))):
+            w(f"| {v} | `{r['config']}` | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | "
+              f"{int(r['parameter_bytes']):,} | {float(r['reduction_parameters']):.2f}x |")
+    else:
+        w("Not run yet (`tools/qat-runs ablate`).")
     w("")
 
     # The moving average of the shadows against the shadows themselves: the same training run.
