@@ -38,6 +38,16 @@ tensors named(P& p) {
   return t;
 }
 
+/// Every tensor of `a` has the bytes of the same-named tensor of `b`.
+void check_same_bytes(const tensors& a, const tensors& b) {
+  for (const auto& entry : a) {
+    const std::string& n = entry.first;  // not a structured binding: Clang 14 cannot capture one in INFO
+    INFO(n);
+    REQUIRE(b.count(n) == 1);
+    CHECK(std::memcmp(entry.second.data(), b.at(n).data(), entry.second.size() * sizeof(float)) == 0);
+  }
+}
+
 double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0.0, n = 0.0;
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -180,13 +190,7 @@ TEST_CASE("low bits: the scalar reference and the SIMD kernels give identical lo
       auto g2 = qat_grads(q, batch, l2);
       INFO(name << " " << ssmq::quant::to_string(param));
       CHECK(std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)) == 0);
-      const tensors t1 = named(g1), t2 = named(g2);
-      for (const auto& entry : t1) {
-        const std::string& n = entry.first;
-        const std::vector<float>& v = entry.second;
-        INFO(n);
-        CHECK(std::memcmp(v.data(), t2.at(n).data(), v.size() * sizeof(float)) == 0);
-      }
+      check_same_bytes(named(g1), named(g2));
     }
 }
 
@@ -427,7 +431,7 @@ TEST_CASE("a tiny QAT run: loss falls, accuracy ends above PTQ, same seed gives 
   CHECK(log1.back().validation.accuracy > ptq_acc);
   auto s1 = q1.shadows, s2 = q2.shadows;
   const tensors t1 = named(s1), t2 = named(s2);
-  for (const auto& [n, v] : t1) CHECK(std::memcmp(v.data(), t2.at(n).data(), v.size() * sizeof(float)) == 0);
+  check_same_bytes(t1, t2);
 
   std::vector<ssmq::quant::qat_epoch_stats> log3;
   const auto frozen = run(abar_parameterization::frozen, log3);
@@ -589,18 +593,9 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
     o2.first_epoch = 1;
     ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {},
                            resumed_avg ? &*resumed_avg : nullptr);
-    auto same_bytes = [](ssmq::quant::qat_params& x, ssmq::quant::qat_params& y) {
-      const tensors a = named(x), b = named(y);
-      for (const auto& entry : a) {
-        const std::string& n = entry.first;
-        const std::vector<float>& v = entry.second;
-        INFO(n);
-        CHECK(std::memcmp(v.data(), b.at(n).data(), v.size() * sizeof(float)) == 0);
-      }
-    };
-    same_bytes(whole.shadows, resumed.shadows);
+    check_same_bytes(named(whole.shadows), named(resumed.shadows));
     REQUIRE(whole_avg.has_value() == (var.average > 0.0));
-    if (whole_avg) same_bytes(whole_avg->values(), resumed_avg->values());
+    if (whole_avg) check_same_bytes(named(whole_avg->values()), named(resumed_avg->values()));
   }
 }
 
@@ -632,11 +627,7 @@ TEST_CASE("with a moving average of the shadows: training is unchanged, validati
                          [&](const ssmq::quant::qat_epoch_stats& s) { avg_log.push_back(s); }, &avg);
   // The average never feeds back: the shadows and the training figures are the plain run's.
   const tensors a = named(plain.shadows), b = named(averaged.shadows), c = named(avg.values());
-  for (const auto& entry : a) {
-    const std::string& n = entry.first;
-    INFO(n);
-    CHECK(std::memcmp(entry.second.data(), b.at(n).data(), entry.second.size() * sizeof(float)) == 0);
-  }
+  check_same_bytes(a, b);
   CHECK(avg.updates() == 6);  // 3 batches per epoch
   REQUIRE(avg_log.size() == 2);
   CHECK(avg_log.back().train_loss == plain_log.back().train_loss);
