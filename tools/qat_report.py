@@ -30,6 +30,7 @@ RECIPES = {
     "frozen-from-e30": "`frozen`, starting from the 30-epoch pre-trained model (96.90 % float; \"vs float\" still compares with 97.60 %)",
     "frozen-avg0.999": "`frozen`, validating, keeping and saving an exponential moving average of the shadows (decay 0.999 per step, `--average 0.999`) instead of the shadows themselves",
     "frozen-damp0.01": "`frozen` with oscillation dampening (`--dampen 0.01`): every quantized shadow pulled toward its grid point by the gradient 0.01 (w - q(w)) / s^2",
+    "frozen-damp0.001": "`frozen-damp0.01` with a ten times weaker pull (`--dampen 0.001`)",
 }
 
 
@@ -94,7 +95,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
