@@ -17,7 +17,11 @@ PARAMS = ["discrete", "continuous", "frozen", "polar", "frozen-i"]
 # Column titles of the Ā sweep; frozen-i is frozen with Ā rounded inside the unit circle (flag i).
 PARAM_TITLES = {"frozen-i": "frozen, Ā inside (i)"}
 HEADLINE = [("uniform 8 bits", "all8", "all8"), ("W4 act6, Ā8 x8", HETERO8, "hetero8"),
-            ("W4 act6, Ā6 x6", HETERO6, "hetero6")]
+            ("W4 act6, Ā6 x6", HETERO6, "hetero6"),
+            # The paper's parameter bytes with every activation at 8 bits and the state at 12
+            # (run-time values only): the ablation's best change, at full length.
+            ("W4 act8, Ā8 x12", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide8"),
+            ("W4 act8, Ā6 x12", "Abar6_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide6")]
 # What a recipe suffix of a run name means (the options tools/qat-runs passes to `ssmq qat`).
 RECIPES = {
     "discrete": "the reference's recipe (Ā, B̄, C̄ trained directly, Adam lr 1e-3 for all)",
@@ -95,7 +99,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -119,7 +123,7 @@ def main():
             if m and r["epochs"] == "10":
                 groups.setdefault(m.group(1), []).append(r)
         if not groups:
-            w(f"| {label} (`{config}`) | discrete | 0 | | not run yet | | | | |")
+            w(f"| {label} (`{config}`) | - | 0 | | not run yet | | | | |")
         for recipe, rows in sorted(groups.items(), key=lambda kv: (state_width(kv[0])[0] or 0, kv[0] != "discrete", kv[0])):
             accs = [float(r["test_accuracy"]) for r in rows]
             m, sp = mean_spread(accs)
