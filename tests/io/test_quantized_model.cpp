@@ -326,13 +326,22 @@ TEST_CASE("complex formats: one key when they agree (as in every earlier file), 
   check_load_fails(bad, {"metadata 'ssmq.complex' is missing"});
 }
 
-TEST_CASE("the shipped quantized model file loads and is saved back to the same bytes") {
-  const fs::path path = fs::path(SSMQ_MODELS_DIR) / "smnist-s4d-h16-qat-hetero8.quant.safetensors";
-  const auto loaded = io::load_quantized_model(path);
-  CHECK(loaded.model.complex_forms() == ssmq::quant::complex_format::re_im);
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) == bytes);
+TEST_CASE("the shipped quantized model files load, carry their configuration and are saved back to the same bytes") {
+  struct shipped {
+    const char* file;
+    const char* config;
+  };
+  for (const shipped m : {shipped{"smnist-s4d-h16-qat-hetero8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"},
+                          shipped{"smnist-s4d-h16-qat-wide8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8"}}) {
+    INFO(m.file);
+    const fs::path path = fs::path(SSMQ_MODELS_DIR) / m.file;
+    const auto loaded = io::load_quantized_model(path);
+    CHECK(loaded.model.complex_forms() == ssmq::quant::complex_format::re_im);
+    CHECK(loaded.model.spec().name().view() == std::string_view(m.config));
+    std::ifstream in(path, std::ios::binary);
+    const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) == bytes);
+  }
 }
 
 TEST_CASE("malformed quantized model files are clear errors") {
