@@ -40,6 +40,7 @@ void restore_optimizer_state(const safetensors_file& f, P params, train::adam<fl
   opt.set_steps(static_cast<std::size_t>(metadata_integer(f, "train.adam_steps", 0)));
 }
 
+/// Adds a moving average's values and step count to `f` (a run's saved state).
 template <class P>
 void add_average_state(safetensors_file& f, train::parameter_average<P>& avg) {
   avg.values().for_each([&](const std::string& name, std::vector<float>& v, param_group) {
