@@ -9,6 +9,7 @@
 // <out>.train-state after every epoch (--resume continues bit-identically), and at the end
 // the chosen model as a quantized model file, <out>.quant.safetensors (integer levels, scales,
 // zero-points; `ssmq eval --model` reproduces its accuracy).
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -65,7 +66,7 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
                   "0: validate and keep the trained shadows (default); in (0, 1): an exponential moving average of "
                   "them with this decay per step (e.g. 0.999), validated, kept and saved instead");
   cmd->add_option("--dampen", a.dampen,
-                  "0: off (default); > 0: oscillation dampening, the gradient of (lambda/2) sum (w - q(w))^2 "
+                  "0: off (default); > 0: oscillation dampening, the gradient of (lambda/2) sum ((w - q(w)) / s)^2 "
                   "added to every quantized shadow");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
@@ -95,6 +96,11 @@ inline void shorten(ssmq::data::image_dataset& ds, std::size_t limit) {
 
 inline int run_qat(const qat_args& a) {
   namespace fs = std::filesystem;
+  if (!(a.average >= 0.0 && a.average < 1.0))
+    throw std::invalid_argument("ssmq qat --average: the decay must lie in [0, 1) (0: off), not " + std::to_string(a.average));
+  if (!(a.dampen >= 0.0 && std::isfinite(a.dampen)))
+    throw std::invalid_argument("ssmq qat --dampen: the weight must be a finite number >= 0 (0: off), not " +
+                                std::to_string(a.dampen));
   const auto ck = ssmq::io::load_model(a.model);
   const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
   const auto param = ssmq::quant::parameterization_from_name(a.param);
