@@ -571,7 +571,8 @@ class qat_model {
   /// shadow that is itself quantized, where its straight-through mask passes. Low-bit shadows
   /// near a rounding threshold flip between two grid points from step to step; the term pulls
   /// them toward the grid point they round to. Measured in steps, one lambda weighs alike on
-  /// B̄ (steps of about 0.02 in the shipped model) and on the Linear weights (steps near 0.5).
+  /// tensors whose steps differ by orders of magnitude (B̄'s values are small, the Linear
+  /// weights' are not).
   /// Shadows that are not quantized values themselves (biases, norms; A and dt under
   /// continuous) get nothing.
   void add_dampening(const qat_prepared& pp, float lambda, qat_params& grads) const {
