@@ -17,6 +17,7 @@
 #include "s4d/causal_conv.hpp"
 #include "s4d/fft_conv.hpp"
 #include "s4d/discretize.hpp"
+#include "s4d/fold.hpp"
 #include "s4d/kernel.hpp"
 #include "s4d/model.hpp"
 #include "s4d/params.hpp"

@@ -239,6 +239,8 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
                           {"W4_act6", complex_format::polar, ssmq::norm_placement::none},
                           {"Abar6_Bbar5t_Cbar6s_x8_act8", {polar, re_im, re_im}, ssmq::norm_placement::pre},
                           {"all8", {re_im, polar, re_im}, ssmq::norm_placement::none},
+                          {"Abar8_Cbar4f_D4_x8_ssm6_W4_act6", complex_format::re_im, ssmq::norm_placement::pre},
+                          {"all8_Cbar8f", complex_format::polar, ssmq::norm_placement::none},
                           {"fp32", complex_format::re_im, ssmq::norm_placement::none}}) {
     INFO(v.config, " polar Abar, Bbar, C: ", v.cf.abar == polar, v.cf.bbar == polar, v.cf.cbar == polar);
     const auto q = fx.calibrated(v.config, v.cf, v.norm);
@@ -460,4 +462,36 @@ TEST_CASE("a calibration percentile and the flag i travel in the file's configur
   CHECK(back.model.spec() == q.spec());
   CHECK(back.model.spec()[ssmq::component::state].percentile_milli == 99'900);
   CHECK(back.model.spec()[ssmq::component::abar].inside_unit_circle);
+}
+
+TEST_CASE("B̄ folded into C̄ (Cbar<b>f): the same function, one float per head in the file") {
+  const fixture fx;
+  // Nearly float (16-bit C̄): folding changes the logits only by float rounding.
+  const auto plain = logits_of(fx.calibrated("Cbar16"), fx.batches);
+  const auto folded = logits_of(fx.calibrated("Cbar16f"), fx.batches);
+  REQUIRE(plain.size() == folded.size());
+  for (std::size_t i = 0; i < plain.size(); ++i) CHECK(folded[i] == doctest::Approx(plain[i]).epsilon(1e-4));
+
+  const auto q = fx.calibrated("Abar8_Cbar4f_D4_x8_ssm6_W4_act6");
+  for (const auto& l : q.layers()) CHECK(ssmq::bbar_is_folded(l.bbar_re, l.bbar_im, 4, 5));
+  const auto f = io::quantized_to_safetensors(q, fx.norm);
+  const auto per_head = io::expect_tensor(f, "s4_layers.1.kernel.Bbar_folded", {4});
+  for (std::size_t h = 0; h < 4; ++h) CHECK(per_head[h] == q.layers()[1].bbar_re[h * 5]);
+  CHECK_FALSE(f.tensors.contains("s4_layers.0.kernel.Bbar"));
+  CHECK_FALSE(f.tensors.contains("s4_layers.0.kernel.Bbar.q"));
+  (void)io::expect_int_tensor(f, "s4_layers.0.kernel.C.q", tensor_dtype::i8, {4, 5, 2});
+
+  // A folded configuration with a B̄ that is not one real per head is refused.
+  auto parts = q.parts();
+  parts.layers[0].bbar_im[3] = 0.5f;
+  CHECK(error_of([&] { ssmq::quant::fake_quant_model bad(std::move(parts)); }).find("not one real value per head") !=
+        std::string::npos);
+  // A file whose per-head B̄ is not positive is a clear error (NaN never reaches a file).
+  auto broken = f;
+  broken.tensors.at("s4_layers.0.kernel.Bbar_folded").values[2] = -0.25f;
+  check_load_fails(broken, {"s4_layers.0.kernel.Bbar_folded", "not positive and finite at index 2"});
+  // And one that lacks it names the missing tensor.
+  auto missing = f;
+  missing.tensors.erase("s4_layers.1.kernel.Bbar_folded");
+  check_load_fails(missing, {"s4_layers.1.kernel.Bbar_folded"});
 }

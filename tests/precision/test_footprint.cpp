@@ -43,9 +43,9 @@ TEST_CASE("heterogeneous footprint: 4-bit values are packed two per byte") {
 }
 
 TEST_CASE("symmetric quantizers store no zero-point, 2-bit values pack four per byte") {
-  const auto sym = ssmq::memory_footprint(ssmq::precision_from_name("Abar8s"), {});
+  const auto sym = ssmq::memory_footprint<ssmq::precision_named<"Abar8s">>();
   CHECK(sym.qparam_bytes == 16 * 4);
-  const auto two = ssmq::memory_footprint(ssmq::precision_from_name("W2"), {});
+  const auto two = ssmq::memory_footprint<ssmq::precision_named<"W2">>();
   CHECK(two.parameter_bytes == 15336 - 688 * 4 + (4 + 128 + 40));
 }
 
@@ -74,4 +74,17 @@ TEST_CASE("dense packing counts exactly bits per value (the paper's accounting)"
   CHECK(ssmq::memory_footprint(w3, {}).parameter_bytes -
             ssmq::memory_footprint(w3, {}, ssmq::packing::dense).parameter_bytes ==
         (8 + 256 + 80) - (6 + 192 + 60));
+}
+
+TEST_CASE("B̄ folded into C̄ (Cbar<b>f) keeps one float32 per head instead of the complex B̄") {
+  constexpr auto folded = ssmq::memory_footprint<ssmq::precision_named<"Abar8_Cbar4f_D4_x8_ssm6_W4_act6">>();
+  constexpr auto paper = ssmq::memory_footprint<ssmq::paper::hetero_a8x8>();
+  // B̄ 4-bit (1024 values, 512 B) -> 16 floats (64 B); its 16 per-head quantizers (96 B) go.
+  CHECK(folded.parameter_bytes == paper.parameter_bytes - 512 + 64);
+  CHECK(folded.parameter_bytes == 2184);
+  CHECK(folded.qparam_bytes == paper.qparam_bytes - 96);
+  CHECK(folded.state_bytes == paper.state_bytes);
+  // The product at 8 bits costs what B̄4 and C̄4 cost together.
+  constexpr auto wide = ssmq::memory_footprint<ssmq::precision_named<"Abar8_Cbar8f_D4_x8_ssm6_W4_act6">>();
+  CHECK(wide.parameter_bytes == paper.parameter_bytes + 64);
 }

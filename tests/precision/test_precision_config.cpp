@@ -93,6 +93,25 @@ TEST_CASE("flag i keeps Abar inside the unit circle, and only Abar takes it") {
   CHECK(std::string(typed::name()) == "Abar6i_x6_W4");
 }
 
+TEST_CASE("flag f folds B̄ into C̄: Cbar only, and B̄ is then not named") {
+  const auto s = ssmq::precision_from_name("Abar8_Cbar4f_D4_x12_W4_act6");
+  CHECK(s.bbar_folded());
+  CHECK(s[component::cbar].carries_bbar);
+  CHECK_FALSE(s[component::bbar].quantized());
+  CHECK(std::string(s.name().view()) == "Abar8_Cbar4f_D4_x12_W4_act6");
+  CHECK_FALSE(ssmq::precision_from_name("all8").bbar_folded());
+  // "all" sets B̄ too; a folded C̄ takes it out again.
+  const auto u = ssmq::precision_from_name("all8_Cbar8f");
+  CHECK(u.bbar_folded());
+  CHECK_FALSE(u[component::bbar].quantized());
+  CHECK(u[component::abar].bits == 8);
+  CHECK(ssmq::precision_from_name(u.name().view()) == u);
+  using typed = ssmq::precision<ssmq::abar<8>, ssmq::cbar<4, ssmq::carries_bbar>, ssmq::dskip<4>, ssmq::state<12>,
+                                ssmq::weights<4>, ssmq::acts<6>>;
+  static_assert(std::is_same_v<typed, ssmq::precision_named<"Abar8_Cbar4f_D4_x12_W4_act6">>);
+  static_assert(typed::spec.bbar_folded());
+}
+
 TEST_CASE("bad names are rejected with the reason") {
   auto reason = [](const char* name) {
     try {
@@ -114,6 +133,10 @@ TEST_CASE("bad names are rejected with the reason") {
   CHECK(reason("W4_") != "accepted");
   CHECK(reason("W4i").find("Abar only") != std::string::npos);
   CHECK(reason("all8i").find("Abar only") != std::string::npos);
+  CHECK(reason("Abar8f").find("Cbar only") != std::string::npos);
+  CHECK(reason("all8f").find("Cbar only") != std::string::npos);
+  CHECK(reason("Bbar4_Cbar4f").find("leave Bbar out") != std::string::npos);
+  CHECK(reason("Cbar4f_Bbar4").find("leave Bbar out") != std::string::npos);
   CHECK(reason("x8p50").find("percentile") != std::string::npos);
   CHECK(reason("x8p100.001").find("percentile") != std::string::npos);
   CHECK(reason("x8p99.9999").find("percentile") != std::string::npos);

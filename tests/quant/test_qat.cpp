@@ -747,3 +747,47 @@ TEST_CASE("oscillation dampening: lambda (w - q(w)) / s^2 toward the nearest gri
     }
   }
 }
+
+TEST_CASE("B̄ folded into C̄ (Cbar<b>f): not a trained shadow, fixed through QAT, and PTQ's model") {
+  const auto train_set = ssmq_test::synthetic(120, 21);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {30, ssmq::data::batch_order::shuffled, 5, false});
+  const auto model = pretrained_tiny(tb);
+  const auto spec = ssmq::precision_from_name("Abar8_Cbar6f_D6_x12_ssm8_W6_act8");
+  // Continuous re-discretises B̄ at every step: folding it is refused by name.
+  CHECK_THROWS_WITH_AS(ssmq::quant::qat_model(model, spec, abar_parameterization::continuous),
+                       doctest::Contains("continuous"), std::invalid_argument);
+  for (const auto param : {abar_parameterization::frozen, abar_parameterization::discrete, abar_parameterization::polar}) {
+    INFO(ssmq::quant::to_string(param));
+    ssmq::quant::qat_model q(model, spec, param);
+    CHECK(q.shadows.bbar_folded);
+    std::vector<std::string> trained;
+    q.shadows.for_each([&](const std::string& n, std::vector<float>&, ssmq::param_group) { trained.push_back(n); });
+    for (const auto& n : trained) CHECK(n.find("Bbar") == std::string::npos);
+    const auto bre = q.shadows.layers[0].bbar_re, bim = q.shadows.layers[0].bbar_im;
+    CHECK(ssmq::bbar_is_folded(bre, bim, 4, 4));
+
+    q.calibrate(tb, 2, 1);
+    // Before training the QAT model is PTQ's model of the same configuration, bit for bit in
+    // its values (B̄, C̄ folded the same way).
+    ssmq::quant::fake_quant_model ptq(model, spec);
+    const auto pp = q.prepare();
+    CHECK(pp.layers[0].bbar_re == ptq.layers()[0].bbar_re);
+    CHECK(pp.layers[0].c_re == ptq.layers()[0].c_re);
+    CHECK(pp.layers[0].c_im == ptq.layers()[0].c_im);
+
+    ssmq::quant::qat_options o;
+    o.epochs = 1;
+    o.threads = 1;
+    o.micro_batch = 10;
+    o.adam.lr = 1e-2;
+    ssmq::train::adam<float> opt(q.shadows, o.adam);
+    ssmq::quant::qat_train(q, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+    CHECK(q.shadows.layers[0].bbar_re == bre);
+    CHECK(q.shadows.layers[0].bbar_im == bim);
+    CHECK(q.prepare().layers[0].c_re != pp.layers[0].c_re);
+    // And it saves as a quantized model file with B̄ as one float per head.
+    const auto f = ssmq::io::quantized_to_safetensors(ssmq::quant::fake_quant_model(q.parts(q.prepare())), norm);
+    (void)ssmq::io::expect_tensor(f, "s4_layers.0.kernel.Bbar_folded", {4});
+  }
+}

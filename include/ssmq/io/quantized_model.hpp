@@ -12,6 +12,7 @@
 // configuration's canonical name, the GELU, the complex formats and the input normalisation.
 // Saving refuses a model that a file could not rebuild exactly (a value off its grid, a
 // point that is not calibrated); loading checks every name, dtype, shape and level.
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -72,6 +73,8 @@ inline std::size_t param_count(const quant::point_quantizer& q) {
 ///   real(name, shape, point, values, inner)      a quantized real tensor [.., heads, inner]
 ///   complex(name, point, re, im, polar, H, M)    Ā, B̄ or C̄
 ///   activation(name, point)                      an activation or state point
+///   folded_bbar(name, re, im, H, M)              B̄ folded into C̄ (Cbar<b>f): F32 [H], one
+///                                                real value per head (s4d/fold.hpp)
 template <class Parts, class Visitor>
 void walk_quantized(Parts& p, Visitor& v) {
   const model_shape& s = p.shape;
@@ -84,7 +87,8 @@ void walk_quantized(Parts& p, Visitor& v) {
     const std::string l = cat("s4_layers.", i, ".");
     auto& q = p.layers[i];
     v.complex(cat(l, "kernel.Abar"), q.q_abar, q.abar_re, q.abar_im, q.abar_polar, H, M);
-    v.complex(cat(l, "kernel.Bbar"), q.q_bbar, q.bbar_re, q.bbar_im, q.bbar_polar, H, M);
+    if (p.spec.bbar_folded()) v.folded_bbar(cat(l, "kernel.Bbar_folded"), q.bbar_re, q.bbar_im, H, M);
+    else v.complex(cat(l, "kernel.Bbar"), q.q_bbar, q.bbar_re, q.bbar_im, q.bbar_polar, H, M);
     v.complex(cat(l, "kernel.C"), q.q_cbar, q.c_re, q.c_im, q.c_polar, H, M);
     v.real(cat(l, "D"), dims{H}, q.q_d, q.d, 1);
     v.real(cat(l, "output_linear.0.weight"), dims{2 * H, H, 1}, q.q_w_out, q.out.W, H);
@@ -117,6 +121,8 @@ struct point_collector {
     points[n] = &q;
   }
   void activation(const std::string& n, const quant::point_quantizer& q) { points[n] = &q; }
+  void folded_bbar(const std::string&, const std::vector<float>&, const std::vector<float>&, std::size_t,
+                   std::size_t) {}
 };
 
 inline std::vector<float> interleave(const std::vector<float>& re, const std::vector<float>& im) {
@@ -170,6 +176,13 @@ struct quantized_writer {
     if (!same_bits(r, re) || !same_bits(i, im)) refuse(name, "is not rebuilt from its polar magnitude and phase");
     levels(cat(name, ".mag"), {H, M}, q, q.params, polar.mag, {H, M});
     levels(cat(name, ".phase"), {H, M}, q, q.phase_params, polar.phase, {H, M});
+  }
+  void folded_bbar(const std::string& name, const std::vector<float>& re, const std::vector<float>& im, std::size_t H,
+                   std::size_t M) {
+    if (!bbar_is_folded(re, im, H, M)) refuse(name, "is not one real value per head (B̄ folded into C̄)");
+    std::vector<float> per_head(H);
+    for (std::size_t h = 0; h < H; ++h) per_head[h] = re[h * M];
+    plain(name, {H}, per_head);
   }
   void activation(const std::string& name, const quant::point_quantizer& q) {
     check(name, q);
@@ -251,6 +264,20 @@ struct quantized_reader {
   }
   void activation(const std::string& name, quant::point_quantizer& q) {
     if (q.active() && q.is_static()) q.params = params(name, q);
+  }
+  void folded_bbar(const std::string& name, std::vector<float>& re, std::vector<float>& im, std::size_t H,
+                   std::size_t M) {
+    std::vector<float> per_head;
+    plain(name, {H}, per_head);
+    re.resize(H * M);
+    im.assign(H * M, 0.0f);
+    for (std::size_t h = 0; h < H; ++h) {
+      // Folding leaves the smallest |B̄| of each head (s4d/fold.hpp): positive.
+      if (!(per_head[h] > 0.0f) || !std::isfinite(per_head[h]))
+        fail(f.source, "tensor '", name, "' holds a value that is not positive and finite at index ", h,
+             " (a folded B̄ is the smallest |B̄| of its head)");
+      std::fill_n(re.begin() + static_cast<std::ptrdiff_t>(h * M), M, per_head[h]);
+    }
   }
 
   std::vector<float> levels(const std::string& name, const std::vector<std::size_t>& shape,

@@ -57,6 +57,8 @@ struct component_spec {
   static constexpr quant_spec spec = apply_policies<Policies...>(default_spec(C, Bits));
   static_assert(C == component::abar || !spec.inside_unit_circle,
                 "ssmq: ssmq::inside_unit_circle applies to Abar only (it keeps the quantized state matrix stable)");
+  static_assert(C == component::cbar || !spec.carries_bbar,
+                "ssmq: ssmq::carries_bbar applies to Cbar only (C̄ absorbs B̄ as the product C̄ B̄)");
 };
 
 template <int Bits, class... P> using abar = component_spec<component::abar, Bits, P...>;

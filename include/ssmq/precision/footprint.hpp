@@ -8,6 +8,7 @@
 //               counted packed: in ssmq's storage slots by default, or densely at exactly
 //               their bit-width (see `packing`).
 //   state       per layer x [H, N/2] complex, batch 1, at the state precision.
+//               Under Cbar<b>f (C̄ carries B̄, s4d/fold.hpp) B̄ is one float32 per head.
 //   qparams     per quantized tensor or quantization point, per head (or once per tensor):
 //               a float32 scale plus a 16-bit zero-point (none for symmetric).
 #include <cstddef>
@@ -91,6 +92,10 @@ constexpr void for_each_model_tensor(const model_shape& m, F&& f) {
   footprint fp;
   for_each_model_tensor(m, [&](component c, std::size_t values, std::size_t heads, tensor_role role) {
     const quant_spec& s = p[c];
+    if (c == component::bbar && p.bbar_folded()) {  // one real per head, float32
+      fp.parameter_bytes += bytes_at(fp32, heads);
+      return;
+    }
     switch (role) {
       case tensor_role::parameter: fp.parameter_bytes += bytes_at(s.bits, values, pk); fp.qparam_bytes += qparam_bytes(s, heads); break;
       case tensor_role::state: fp.state_bytes += bytes_at(s.bits, values, pk); fp.qparam_bytes += qparam_bytes(s, heads); break;

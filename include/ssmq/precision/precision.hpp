@@ -29,6 +29,12 @@ constexpr bool has_duplicate_component() {
 template <>
 constexpr bool has_duplicate_component<>() { return false; }
 
+/// True when a C̄ carries B̄ (folded) and B̄ is named as well.
+template <class... C>
+constexpr bool folds_and_names_bbar() {
+  return ((C::kind == component::cbar && C::spec.carries_bbar) || ...) && ((C::kind == component::bbar) || ...);
+}
+
 /// The Hana key of a component.
 template <component C>
 inline constexpr auto key = boost::hana::int_c<static_cast<int>(C)>;
@@ -42,6 +48,8 @@ struct precision {
                 "or ssmq::acts");
   static_assert(!detail::has_duplicate_component<Components...>(),
                 "ssmq::precision: a component is given twice; name each component at most once");
+  static_assert(!detail::folds_and_names_bbar<Components...>(),
+                "ssmq::precision: ssmq::cbar<B, ssmq::carries_bbar> folds B̄ into C̄, so ssmq::bbar must not be given");
 
   /// component key -> hana::type<component_spec<...>>
   static constexpr auto map =
@@ -120,7 +128,8 @@ struct component_from_spec {
       if_t<S.mode != D.mode,
            std::conditional_t<S.mode == range_mode::dynamic_range, dynamic, static_calibrated>>,
       if_t<S.range != D.range, narrow_range>, if_t<S.sign != D.sign, unsigned_int>,
-      if_t<S.inside_unit_circle != D.inside_unit_circle, inside_unit_circle>>::type;
+      if_t<S.inside_unit_circle != D.inside_unit_circle, inside_unit_circle>,
+      if_t<S.carries_bbar != D.carries_bbar, carries_bbar>>::type;
   template <class... P>
   static auto make(type_list<P...>) -> component_spec<C, S.bits, P...>;
   using type = decltype(make(policies{}));

@@ -10,6 +10,8 @@
 //                     m (min/max) p (percentile) d (dynamic) n (narrow range) u (unsigned)
 //             p may carry the percentile in percent: x8p99.9 (default 99.999)
 //             i (Abar only) rounds every mode strictly inside the unit circle: Abar8i
+//             f (Cbar only) C̄ carries B̄ (folded: B̄ keeps one float per head): Cbar8f.
+//               Bbar must then not be named; "all8_Cbar8f" leaves B̄ out.
 // "all<b>" must come first and sets every component; later items override it. A component
 // named twice is an error. Components not named stay float32.
 #include <array>
@@ -46,6 +48,9 @@ struct config_name {
 /// One quant_spec per component; the model-wide precision as a value.
 struct precision_spec {
   std::array<quant_spec, component_count> specs;
+
+  /// True when C̄ carries B̄ (s4d/fold.hpp): B̄ is one float per head.
+  [[nodiscard]] constexpr bool bbar_folded() const noexcept { return specs[index_of(component::cbar)].carries_bbar; }
 
   /// All components float32. (Filled in a loop: GCC 12 can corrupt the cached default
   /// member initializer of an array of structs after some constant evaluations.)
@@ -106,6 +111,7 @@ struct precision_spec {
     if (s.range != d.range) n.append("n");
     if (s.sign != d.sign) n.append("u");
     if (s.inside_unit_circle != d.inside_unit_circle) n.append("i");
+    if (s.carries_bbar != d.carries_bbar) n.append("f");
   }
   /// "p" and the percentile in percent, without trailing zeros: 99'900 -> "p99.9".
   static constexpr void append_percent(config_name& n, int milli) noexcept {
@@ -136,9 +142,11 @@ struct parse_result {
 
 [[nodiscard]] constexpr std::string_view flag_error(bool bad_percent) noexcept {
   return bad_percent ? std::string_view("a percentile after 'p' must lie in (50, 100] percent with at most 3 decimals, e.g. x8p99.9")
-                     : std::string_view("unknown flag (known: s a t h m p d n u i)");
+                     : std::string_view("unknown flag (known: s a t h m p d n u i f)");
 }
 inline constexpr std::string_view inside_error = "flag i (inside the unit circle) applies to Abar only, e.g. Abar8i";
+inline constexpr std::string_view fold_error = "flag f (C̄ carries B̄) applies to Cbar only, e.g. Cbar8f";
+inline constexpr std::string_view folded_bbar_error = "Bbar is named but Cbar8f folds B̄ into C̄: leave Bbar out";
 
 /// Parses a precision name (see the grammar above). constexpr: usable in templates.
 [[nodiscard]] constexpr parse_result parse_precision_name(std::string_view name) noexcept {
@@ -214,6 +222,7 @@ inline constexpr std::string_view inside_error = "flag i (inside the unit circle
           case 'n': s.range = int_range::narrow; break;
           case 'u': s.sign = signedness::unsigned_int; break;
           case 'i': s.inside_unit_circle = true; break;
+          case 'f': s.carries_bbar = true; break;
           default: return false;
         }
       }
@@ -224,6 +233,7 @@ inline constexpr std::string_view inside_error = "flag i (inside the unit circle
         quant_spec s = default_spec(c, bits);
         if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
         if (s.inside_unit_circle) return fail(start + digits, inside_error);
+        if (s.carries_bbar) return fail(start + digits, fold_error);
         r.spec[c] = s;
       }
     } else {
@@ -233,10 +243,16 @@ inline constexpr std::string_view inside_error = "flag i (inside the unit circle
       quant_spec s = default_spec(c, bits);
       if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
       if (s.inside_unit_circle && c != component::abar) return fail(start + digits, inside_error);
+      if (s.carries_bbar && c != component::cbar) return fail(start + digits, fold_error);
       r.spec[c] = s;
     }
     first_item = false;
     pos = end + 1;
+  }
+  // A folded B̄ is not stored: "all" leaves it out, naming it is an error.
+  if (r.spec.bbar_folded()) {
+    if (named[index_of(component::bbar)]) return fail(name.find("Bbar"), folded_bbar_error);
+    r.spec[component::bbar] = quant_spec{};
   }
   return r;
 }

@@ -29,6 +29,9 @@ struct quant_spec {
   /// Ā only: a complex value whose nearest (re, im) grid point lies on or outside the unit
   /// circle takes the nearest grid point strictly inside it, so a stable Ā stays stable.
   bool inside_unit_circle = false;
+  /// C̄ only: C̄ carries B̄ (s4d/fold.hpp). With one input per head, B̄ and C̄ enter the output
+  /// only as the product C̄_n B̄_n, so B̄ folds into C̄ exactly and leaves one float per head.
+  bool carries_bbar = false;
 
   [[nodiscard]] constexpr bool quantized() const noexcept { return bits != fp32; }
   [[nodiscard]] constexpr int_limits limits() const noexcept { return limits_of(bits, sign, range); }
@@ -77,6 +80,11 @@ struct unsigned_int {
 /// Ā only: round every mode to a grid point strictly inside the unit circle (see quant_spec).
 struct inside_unit_circle {
   static constexpr void apply(quant_spec& s) noexcept { s.inside_unit_circle = true; }
+};
+
+/// C̄ only: fold B̄ into C̄ (see quant_spec::carries_bbar); the configuration names no B̄.
+struct carries_bbar {
+  static constexpr void apply(quant_spec& s) noexcept { s.carries_bbar = true; }
 };
 
 /// A policy tag: something that edits a quant_spec.

@@ -31,6 +31,7 @@
 #include "../nn/loss.hpp"
 #include "../precision/precision_spec.hpp"
 #include "../s4d/model.hpp"
+#include "../s4d/fold.hpp"
 #include "../train/trainer.hpp"
 #include "point_quantizer.hpp"
 #include "ssm_step.hpp"
@@ -199,6 +200,9 @@ class fake_quant_model {
       };
       need(polar_ok(l.q_abar, l.abar_polar) && polar_ok(l.q_bbar, l.bbar_polar) && polar_ok(l.q_cbar, l.c_polar),
            "a polar magnitude or phase");
+      if (spec_.bbar_folded() && !bbar_is_folded(l.bbar_re, l.bbar_im, H, shape_.modes()))
+        throw std::invalid_argument("ssmq: fake-quantized model parts: '" + std::string(spec_.name().view()) +
+                                    "' folds B̄ into C̄, but a layer's B̄ is not one real value per head");
     }
   }
 
@@ -436,6 +440,7 @@ class fake_quant_model {
       q.d = lp.ssm.D;
       q.out = lp.out;
       q.norm = lp.norm;
+      if (spec.bbar_folded()) fold_bbar_into_c(q.bbar_re, q.bbar_im, q.c_re, q.c_im, p.shape.heads, M);
       quantize_complex(q.q_abar, q.abar_re, q.abar_im, M, q.abar_polar);
       q.q_abar.keep_inside_unit_circle(d.abar_re, d.abar_im, q.abar_re, q.abar_im, M);
       quantize_complex(q.q_bbar, q.bbar_re, q.bbar_im, M, q.bbar_polar);

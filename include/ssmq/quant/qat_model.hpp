@@ -123,6 +123,7 @@ class qat_model {
             gelu_choice gelu = gelu_choice::automatic)
       : shadows(qat_params::from_float(pretrained, param)), spec_(spec), disc_(pretrained.options.disc),
         use_qgelu_(gelu == gelu_choice::qgelu || (gelu == gelu_choice::automatic && spec[component::acts].quantized())) {
+    if (spec.bbar_folded()) shadows.fold_bbar();
     for (auto c : {component::acts, component::state, component::ssm_act})
       if (spec[c].quantized() && spec[c].mode != range_mode::static_range)
         throw std::invalid_argument("ssmq: QAT needs static (calibrated) ranges for activations and the state; '" +
@@ -521,6 +522,7 @@ class qat_model {
   void finish_backward(const qat_prepared& pp, const qat_grads& g, qat_params& out) const {
     if (out.layers.size() != shadows.layers.size()) out = qat_params(shape(), shadows.param);
     out.param = shadows.param;
+    out.bbar_folded = shadows.bbar_folded;
     out.zero();
     masked(g.enc.W, pp.m_w_enc, out.encoder.W);
     out.encoder.bias = g.enc.bias;

@@ -5,7 +5,8 @@
 //   continuous - log_dt, log_A_real, A_imag trained; Ā, B̄ re-discretised (ZOH) every step;
 //   frozen     - Ā fixed at its quantized pre-trained value; B̄ trained;
 //   polar      - |Ā| and arg Ā trained (quantized as magnitude and phase); B̄ trained.
-// C̄ (= C), D and every Linear train in all four. for_each() visits exactly the trained
+// C̄ (= C), D and every Linear train in all four. Under Cbar<b>f B̄ is folded into C̄
+// (s4d/fold.hpp) and stays fixed. for_each() visits exactly the trained
 // tensors, so an optimizer sees only those.
 #include <cmath>
 #include <cstddef>
@@ -14,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../s4d/fold.hpp"
 #include "../s4d/model.hpp"
 
 namespace ssmq::quant {
@@ -50,6 +52,8 @@ struct qat_layer_params {
 struct qat_params {
   model_shape shape;
   abar_parameterization param = abar_parameterization::discrete;
+  /// B̄ folded into C (s4d/fold.hpp): B̄ stays at its folded per-head value and is not trained.
+  bool bbar_folded = false;
   nn::linear_params<float> encoder, decoder;
   std::vector<qat_layer_params> layers;
 
@@ -96,6 +100,16 @@ struct qat_params {
     return q;
   }
 
+  /// Folds B̄ into C in every layer (s4d/fold.hpp); from then on B̄ is not trained. Not for
+  /// the continuous parameterization, which re-discretises B̄ at every step.
+  void fold_bbar() {
+    if (param == abar_parameterization::continuous)
+      throw std::invalid_argument("ssmq: B̄ cannot be folded into C̄ (Cbar<b>f) under the continuous parameterization, "
+                                  "which re-discretises B̄ from Δ and A at every step");
+    for (auto& l : layers) fold_bbar_into_c(l.bbar_re, l.bbar_im, l.ssm.C_re, l.ssm.C_im, shape.heads, shape.modes());
+    bbar_folded = true;
+  }
+
   /// f(name, std::vector<float>&, param_group) for every trained tensor, in a fixed order.
   template <class F>
   void for_each(F&& f) {
@@ -120,7 +134,7 @@ struct qat_params {
           break;
         case abar_parameterization::frozen: break;
       }
-      if (param != abar_parameterization::continuous) {
+      if (param != abar_parameterization::continuous && !bbar_folded) {
         f(k + "kernel.Bbar_re", l.bbar_re, param_group::regular);
         f(k + "kernel.Bbar_im", l.bbar_im, param_group::regular);
       }
