@@ -38,6 +38,15 @@ RECIPES = {
 }
 
 
+# Folding B̄ into C̄ (Cbar<b>f) turns the float B̄ of the paper's model (16 x 32 complex values,
+# 4,096 B) into 16 floats (64 B); tests/precision/test_footprint.cpp asserts the same bytes.
+FOLD_SAVES_FLOAT_BYTES = 4096 - 64
+# Each fold run beside the unfolded runs of the same budget: (fold run prefix, unfolded prefix).
+FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "hetero8-x12-frozen"),
+              ("fold8-wide-frozen", "wide8-frozen"), ("fold4-wide-frozen", "wide8-frozen"),
+              ("fold4h-x12-frozen", "hetero8-x12-frozen")]
+
+
 # A recipe may end in -xp<P>: the state's range calibrated at the P-th percentile (x8p<P> in
 # the configuration name) instead of the reference's 99.999.
 XP = re.compile(r"(.+)-xp(\d+(?:\.\d+)?)")
@@ -99,7 +108,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -193,7 +202,7 @@ def main():
     w("")
 
     # The state's width: runs named <point>-x<bits>-<recipe>..., beside the same run at x8.
-    wide = [(name, r) for name, r in sorted(runs.items()) if re.search(r"-x\d+-", name)]
+    wide = [(name, r) for name, r in sorted(runs.items()) if re.search(r"-x\d+-", name) and not name.startswith("fold")]
     w("## The state's width (x12: a wider run-time buffer, the same parameters)")
     w("")
     if wide:
@@ -216,6 +225,36 @@ def main():
               f"{pct(r['test_accuracy'])} | {bcell} | {float(r['reduction_total']):.2f}x / {float(r['reduction_parameters']):.2f}x |")
     else:
         w("Not run yet (`tools/qat-runs xwide`).")
+    w("")
+
+    # B̄ folded into C̄: each fold run beside the unfolded runs it replaces.
+    w("## B̄ folded into C̄ (`Cbar<b>f`: the same function, one quantized product)")
+    w("")
+    fold_rows = [(name, r) for name, r in sorted(runs.items()) if name.startswith("fold")]
+    if fold_rows:
+        w("One input per head makes only the product C̄_n B̄_n matter, so B̄ folds into C̄ exactly and keeps")
+        w("one float per head ([../precision.md](../precision.md), \"Folding B̄ into C̄\"). `Cbar8f` spends the")
+        w("bytes of B̄4 + C̄4 on the product at 8 bits; `Cbar4f` half of them. The fold is available to")
+        w(f"the float model too ({FOLD_SAVES_FLOAT_BYTES:,} B fewer): the last column is the reduction against")
+        w("that folded float model. Beside each run, the unfolded runs of the same activations and state")
+        w("(mean test % over their seeds).")
+        w("")
+        w("| run | configuration | PTQ val % | best val % (epoch) | test % | unfolded: test % (runs) | parameter bytes | reduction (parameters) | vs folded float |")
+        w("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+        for name, r in fold_rows:
+            prefix = re.sub(r"-s\d+$", "", name)
+            base = next((b for f, b in FOLD_PAIRS if f == prefix), None)
+            base_rows = [b for n, b in runs.items() if base and re.fullmatch(re.escape(base) + r"-s\d+", n)]
+            bcell = "-"
+            if base_rows:
+                bm, _ = mean_spread([float(b["test_accuracy"]) for b in base_rows])
+                bcell = f"{100 * bm:.2f} ({len(base_rows)})"
+            pb = int(r["parameter_bytes"])
+            vs_folded = f"{(f32_params - FOLD_SAVES_FLOAT_BYTES) / pb:.2f}x" if f32_params else "-"
+            w(f"| {name} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
+              f"{pct(r['test_accuracy'])} | {bcell} | {pb:,} | {float(r['reduction_parameters']):.2f}x | {vs_folded} |")
+    else:
+        w("Not run yet (`tools/qat-runs fold`).")
     w("")
 
     # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.

@@ -87,4 +87,8 @@ TEST_CASE("B̄ folded into C̄ (Cbar<b>f) keeps one float32 per head instead of 
   // The product at 8 bits costs what B̄4 and C̄4 cost together.
   constexpr auto wide = ssmq::memory_footprint<ssmq::precision_named<"Abar8_Cbar8f_D4_x8_ssm6_W4_act6">>();
   CHECK(wide.parameter_bytes == paper.parameter_bytes + 64);
+  // In a float model the fold saves the complex B̄ (4,096 B) for 16 floats (tools/qat_report.py).
+  constexpr auto f32 = ssmq::memory_footprint<ssmq::paper::float32>();
+  CHECK(ssmq::bytes_at(ssmq::fp32, 1024) - ssmq::bytes_at(ssmq::fp32, 16) == 4096 - 64);
+  CHECK(f32.parameter_bytes - (4096 - 64) == 11304);
 }
