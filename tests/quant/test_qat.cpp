@@ -342,9 +342,15 @@ TEST_CASE("each parameterization's shadow gradients agree with a central differe
   const auto data = ssmq_test::noise_images(4, 5);
   ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {4, ssmq::data::batch_order::sequential, 0, false});
   const auto batch = first_batch(b);
-  for (const auto param : all_params) {
-    INFO(ssmq::quant::to_string(param));
-    ssmq::quant::qat_model q(m, ssmq::precision_spec{}, param);
+  // Also with B̄ folded into C̄ (a float spec that only sets the flag): B̄ is then no shadow.
+  ssmq::precision_spec folded;
+  folded[ssmq::component::cbar].carries_bbar = true;
+  for (const auto& [param, spec] : {std::pair{all_params[0], ssmq::precision_spec{}}, {all_params[1], ssmq::precision_spec{}},
+                                    {all_params[2], ssmq::precision_spec{}}, {all_params[3], ssmq::precision_spec{}},
+                                    {abar_parameterization::discrete, folded}, {abar_parameterization::frozen, folded},
+                                    {abar_parameterization::polar, folded}}) {
+    INFO(ssmq::quant::to_string(param), spec.bbar_folded() ? " folded" : "");
+    ssmq::quant::qat_model q(m, spec, param);
     std::vector<float> logits;
     auto g = qat_grads(q, batch, logits);
     // Directional derivative along a random direction over every shadow.
