@@ -92,6 +92,14 @@ def mean_spread(values):
     return m, (max(values) - min(values)) if len(values) > 1 else 0.0
 
 
+def mean_test_cell(rows, with_epochs=False):
+    """'mean test % (runs[, epochs])' of a group of runs, or '-' when there is none."""
+    if not rows:
+        return "-"
+    m, _ = mean_spread([float(r["test_accuracy"]) for r in rows])
+    return f"{100 * m:.2f} ({len(rows)}" + (f", {rows[0]['epochs']})" if with_epochs else ")")
+
+
 def main():
     runs = {r["name"]: r for r in read_csv(os.path.join(RES, "qat.csv"))}
     ptq = {r["config"]: r for r in read_csv(os.path.join(RES, "ptq.csv"))}
@@ -216,11 +224,7 @@ def main():
         for name, r in wide:
             base = re.sub(r"-x\d+-", "-", name)
             base_rows = [b for n, b in runs.items() if n == base or re.fullmatch(re.escape(re.sub(r"-s\d+$", "", base)) + r"-s\d+", n)]
-            if base_rows:
-                bm, _ = mean_spread([float(b["test_accuracy"]) for b in base_rows])
-                bcell = f"{100 * bm:.2f} ({len(base_rows)}, {base_rows[0]['epochs']})"
-            else:
-                bcell = "-"
+            bcell = mean_test_cell(base_rows, with_epochs=True)
             w(f"| {name} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
               f"{pct(r['test_accuracy'])} | {bcell} | {float(r['reduction_total']):.2f}x / {float(r['reduction_parameters']):.2f}x |")
     else:
@@ -245,10 +249,7 @@ def main():
             prefix = re.sub(r"-s\d+$", "", name)
             base = next((b for f, b in FOLD_PAIRS if f == prefix), None)
             base_rows = [b for n, b in runs.items() if base and re.fullmatch(re.escape(base) + r"-s\d+", n)]
-            bcell = "-"
-            if base_rows:
-                bm, _ = mean_spread([float(b["test_accuracy"]) for b in base_rows])
-                bcell = f"{100 * bm:.2f} ({len(base_rows)})"
+            bcell = mean_test_cell(base_rows)
             pb = int(r["parameter_bytes"])
             vs_folded = f"{(f32_params - FOLD_SAVES_FLOAT_BYTES) / pb:.2f}x" if f32_params else "-"
             w(f"| {name} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
