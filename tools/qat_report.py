@@ -21,7 +21,10 @@ HEADLINE = [("uniform 8 bits", "all8", "all8"), ("W4 act6, Ā8 x8", HETERO8, "he
             # The paper's parameter bytes with every activation at 8 bits and the state at 12
             # (run-time values only): the ablation's best change, at full length.
             ("W4 act8, Ā8 x12", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide8"),
-            ("W4 act8, Ā6 x12", "Abar6_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide6")]
+            ("W4 act8, Ā6 x12", "Abar6_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide6"),
+            # B̄ folded into C̄ (Cbar<b>f): the product at 8 bits (the bytes of B̄4 + C̄4) and at 4.
+            ("W4 act6, Ā8 x12, C̄ carries B̄ at 8 bits", "Abar8_Cbar8f_D4_x12_ssm6_W4_act6", "fold8-x12"),
+            ("W4 act6, Ā8 x12, C̄ carries B̄ at 4 bits", "Abar8_Cbar4f_D4_x12_ssm6_W4_act6", "fold4-x12")]
 # What a recipe suffix of a run name means (the options tools/qat-runs passes to `ssmq qat`).
 RECIPES = {
     "discrete": "the reference's recipe (Ā, B̄, C̄ trained directly, Adam lr 1e-3 for all)",
@@ -116,7 +119,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
