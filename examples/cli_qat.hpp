@@ -35,6 +35,7 @@ struct qat_args {
   double lr = 1e-3, ssm_lr = 0.0, range_momentum = 0.0;  // ssm_lr 0: the same as lr
   double average = 0.0;  // 0: no moving average of the shadows
   double dampen = 0.0;   // 0: no oscillation dampening
+  std::size_t freeze_weights_after = 0;  // 0: the Linear weights train to the end
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -68,6 +69,9 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--dampen", a.dampen,
                   "0: off (default); > 0: oscillation dampening, the gradient of (lambda/2) sum ((w - q(w)) / s)^2 "
                   "added to every quantized shadow");
+  cmd->add_option("--freeze-weights-after", a.freeze_weights_after,
+                  "0: off (default); k: after k epochs the Linear weights stay on their grid points and the rest "
+                  "trains on (k < --epochs)");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
@@ -87,6 +91,8 @@ inline std::string qat_fingerprint(const qat_args& a) {
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " average=%.17g", a.average);
   if (a.dampen > 0.0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " dampen=%.17g", a.dampen);
+  if (a.freeze_weights_after > 0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " freeze_weights_after=%zu", a.freeze_weights_after);
   return buf;
 }
 
@@ -101,6 +107,10 @@ inline int run_qat(const qat_args& a) {
   if (!(a.dampen >= 0.0 && std::isfinite(a.dampen)))
     throw std::invalid_argument("ssmq qat --dampen: the weight must be a finite number >= 0 (0: off), not " +
                                 std::to_string(a.dampen));
+  if (a.freeze_weights_after >= a.epochs && a.freeze_weights_after > 0)
+    throw std::invalid_argument("ssmq qat --freeze-weights-after: " + std::to_string(a.freeze_weights_after) +
+                                " leaves no epoch with frozen weights out of --epochs " + std::to_string(a.epochs) +
+                                " (0: off)");
   const auto ck = ssmq::io::load_model(a.model);
   const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
   const auto param = ssmq::quant::parameterization_from_name(a.param);
@@ -121,6 +131,7 @@ inline int run_qat(const qat_args& a) {
   o.adam.ssm_lr = a.ssm_lr > 0.0 ? a.ssm_lr : a.lr;
   o.range_momentum = a.range_momentum;
   o.dampening = a.dampen;
+  o.freeze_weights_after = a.freeze_weights_after;
   const fs::path out(a.out), state(a.out + ".train-state");
   double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
   std::size_t best_epoch = 0;

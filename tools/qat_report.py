@@ -24,7 +24,8 @@ HEADLINE = [("uniform 8 bits", "all8", "all8"), ("W4 act6, Ā8 x8", HETERO8, "he
             ("W4 act8, Ā6 x12", "Abar6_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", "wide6"),
             # B̄ folded into C̄ (Cbar<b>f): the product at 8 bits (the bytes of B̄4 + C̄4) and at 4.
             ("W4 act6, Ā8 x12, C̄ carries B̄ at 8 bits", "Abar8_Cbar8f_D4_x12_ssm6_W4_act6", "fold8-x12"),
-            ("W4 act6, Ā8 x12, C̄ carries B̄ at 4 bits", "Abar8_Cbar4f_D4_x12_ssm6_W4_act6", "fold4-x12")]
+            ("W4 act6, Ā8 x12, C̄ carries B̄ at 4 bits", "Abar8_Cbar4f_D4_x12_ssm6_W4_act6", "fold4-x12"),
+            ("W4 act8, Ā8 x12, C̄ carries B̄ at 4 bits", "Abar8_Cbar4f_D4_x12_ssm8_W4_act8", "fold4-wide")]
 # What a recipe suffix of a run name means (the options tools/qat-runs passes to `ssmq qat`).
 RECIPES = {
     "discrete": "the reference's recipe (Ā, B̄, C̄ trained directly, Adam lr 1e-3 for all)",
@@ -38,6 +39,7 @@ RECIPES = {
     "frozen-avg0.999": "`frozen`, validating, keeping and saving an exponential moving average of the shadows (decay 0.999 per step, `--average 0.999`) instead of the shadows themselves",
     "frozen-damp0.01": "`frozen` with oscillation dampening (`--dampen 0.01`): every quantized shadow pulled toward its grid point by the gradient 0.01 (w - q(w)) / s^2",
     "frozen-damp0.001": "`frozen-damp0.01` with a ten times weaker pull (`--dampen 0.001`)",
+    "frozen-fw7": "`frozen` with the Linear weights kept on their grid points after epoch 7 (`--freeze-weights-after 7`): C̄, D and the biases train on for the last 3 epochs",
 }
 
 
@@ -47,7 +49,7 @@ FOLD_SAVES_FLOAT_BYTES = 4096 - 64
 # Each fold run beside the unfolded runs of the same budget: (fold run prefix, unfolded prefix).
 FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "hetero8-x12-frozen"),
               ("fold8-wide-frozen", "wide8-frozen"), ("fold4-wide-frozen", "wide8-frozen"),
-              ("fold4h-x12-frozen", "hetero8-x12-frozen")]
+              ("fold4h-x12-frozen", "hetero8-x12-frozen"), ("fold4-wide-frozen-fw7", "wide8-frozen")]
 
 
 # A recipe may end in -xp<P>: the state's range calibrated at the P-th percentile (x8p<P> in
@@ -119,7 +121,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")

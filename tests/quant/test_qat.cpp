@@ -543,10 +543,11 @@ TEST_CASE("a polar QAT model as a quantized model file: Ā as magnitude and phas
 TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an uninterrupted one") {
   struct variant {
     double momentum, average;  // range momentum; decay of the moving average of the shadows (0: none)
+    std::size_t freeze_after = 0;  // Linear weights frozen after this many epochs (0: never)
   };
-  for (const variant var : {variant{0.0, 0.0}, variant{0.1, 0.0}, variant{0.0, 0.9}}) {
+  for (const variant var : {variant{0.0, 0.0}, variant{0.1, 0.0}, variant{0.0, 0.9}, variant{0.0, 0.0, 1}}) {
     const double momentum = var.momentum;
-    INFO("range momentum " << momentum << ", average " << var.average);
+    INFO("range momentum " << momentum << ", average " << var.average << ", weights frozen after " << var.freeze_after);
     const auto train_set = ssmq_test::synthetic(60, 21);
     const auto norm = ssmq::data::compute_normalisation(train_set);
     ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
@@ -556,6 +557,7 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
     o.threads = 2;
     o.micro_batch = 6;
     o.range_momentum = momentum;
+    o.freeze_weights_after = var.freeze_after;
     const ssmq::io::model_checkpoint pre{m, norm};
     auto fresh = [&] {
       ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::continuous);
@@ -796,4 +798,55 @@ TEST_CASE("B̄ folded into C̄ (Cbar<b>f): not a trained shadow, fixed through Q
     const auto f = ssmq::io::quantized_to_safetensors(ssmq::quant::fake_quant_model(q.parts(q.prepare())), norm);
     (void)ssmq::io::expect_tensor(f, "s4_layers.0.kernel.Bbar_folded", {4});
   }
+}
+
+TEST_CASE("freezing the weights after k epochs: Linear weights stay on their levels, the rest trains on") {
+  const auto train_set = ssmq_test::synthetic(120, 31);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {30, ssmq::data::batch_order::shuffled, 5, false});
+  const auto model = pretrained_tiny(tb);
+  // The integer level of every weight under its (per-tensor) quantizer.
+  auto levels = [](const std::vector<float>& w, const ssmq::quant::point_quantizer& pq) {
+    std::vector<long> lv;
+    for (const float v : w) lv.push_back(std::lround(v / pq.params[0].scale) + pq.params[0].zero_point);
+    return lv;
+  };
+  struct epoch_view {
+    std::vector<long> out, dec;
+    std::vector<float> c;
+  };
+  auto run = [&](std::size_t freeze_after) {
+    ssmq::quant::qat_model q(model, ssmq::precision_from_name("Abar8_Cbar6f_D6_x12_ssm8_W3_act8"),
+                             abar_parameterization::frozen);
+    q.calibrate(tb, 2, 1);
+    ssmq::quant::qat_options o;
+    o.epochs = 4;
+    o.threads = 2;
+    o.micro_batch = 10;
+    o.adam.lr = 5e-2;
+    o.freeze_weights_after = freeze_after;
+    std::vector<epoch_view> views;
+    ssmq::train::adam<float> opt(q.shadows, o.adam);
+    ssmq::quant::qat_train(q, opt, tb, nullptr, o, [&](const ssmq::quant::qat_epoch_stats& st) {
+      const auto pp = q.prepare();
+      views.push_back({levels(pp.layers[0].out.W, pp.layers[0].q_w_out), levels(pp.dec.W, pp.q_w_dec), pp.layers[0].c_re});
+      if (freeze_after > 0 && st.epoch >= freeze_after) {
+        // Snapped: every weight shadow sits on its grid point (up to the refit of the range).
+        const auto& p = pp.layers[0].q_w_out.params[0];
+        for (const float w : q.shadows.layers[0].out.W) {
+          const double t = w / p.scale + p.zero_point;
+          CHECK(std::fabs(t - std::round(t)) < 1e-3);
+        }
+      }
+    });
+    return views;
+  };
+  const auto free = run(0), frozen = run(2);
+  REQUIRE(free.size() == 4);
+  REQUIRE(frozen.size() == 4);
+  CHECK(free[3].out != free[1].out);  // without the freeze the levels still move after epoch 2
+  CHECK(frozen[2].out == frozen[1].out);  // with it, those of the end of epoch 2 stay
+  CHECK(frozen[3].out == frozen[1].out);
+  CHECK(frozen[3].dec == frozen[1].dec);
+  CHECK(frozen[3].c != frozen[1].c);  // C̄ trains on
 }
