@@ -319,12 +319,16 @@ int main(int argc, char** argv) {
   ssmq_cli::qat_args qa;
   CLI::App* qat = nullptr;
   ssmq_cli::add_qat_command(app, qa, qat);
+  std::string margins_model;
+  auto* margins = app.add_subcommand("margins", "how close the quantized shadows of a QAT checkpoint sit to rounding thresholds");
+  margins->add_option("--model", margins_model, "shadows written by ssmq qat --out")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);
     if (*eval) return run_eval(ea);
     if (*ptq) return run_ptq(pa);
     if (*qat) return ssmq_cli::run_qat(qa);
+    if (*margins) return ssmq_cli::run_margins(margins_model);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

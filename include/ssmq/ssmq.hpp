@@ -46,4 +46,5 @@
 #include "quant/qat_params.hpp"
 #include "quant/qat_scan.hpp"
 #include "quant/qat_trainer.hpp"
+#include "quant/rounding_margin.hpp"
 #include "quant/ssm_step.hpp"

@@ -20,6 +20,7 @@
 #include <ssmq/io/qat_checkpoint.hpp>
 #include <ssmq/io/quantized_model.hpp>
 #include <ssmq/quant/qat_trainer.hpp>
+#include <ssmq/quant/rounding_margin.hpp>
 
 #include "../support/tiny_tasks.hpp"
 
@@ -849,4 +850,27 @@ TEST_CASE("freezing the weights after k epochs: Linear weights stay on their lev
   CHECK(frozen[3].out == frozen[1].out);
   CHECK(frozen[3].dec == frozen[1].dec);
   CHECK(frozen[3].c != frozen[1].c);  // C̄ trains on
+}
+
+TEST_CASE("rounding margins: distances to a threshold on constructed values, per tensor and per head") {
+  ssmq::quant_spec spec;
+  spec.bits = 4;
+  spec.gran = ssmq::granularity::per_tensor;
+  const ssmq::quant::point_quantizer pt{spec, 1, {ssmq::affine_params{0.5f, 2.0f, 0}}};
+  // In steps: 0.5 (a threshold), 0, 0.504, 0.52, 0.6, 10 (beyond qmax = 7), -8.4.
+  const std::vector<float> v{0.25f, 0.0f, 0.252f, 0.26f, 0.3f, 5.0f, -4.2f};
+  const auto m = ssmq::quant::rounding_margins(v, pt, v.size());
+  CHECK(m.values == 6);
+  CHECK(m.clipped == 1);
+  CHECK(m.within_1pc == 2);
+  CHECK(m.within_5pc == 3);
+
+  spec.gran = ssmq::granularity::per_head;
+  const ssmq::quant::point_quantizer ph{spec, 2, {ssmq::affine_params{1.0f, 1.0f, 0}, ssmq::affine_params{0.1f, 10.0f, 0}}};
+  // Head 0 (step 1): 0.5, 0; head 1 (step 0.1): 0.5 and 0.7 steps.
+  const auto mh = ssmq::quant::rounding_margins(std::vector<float>{0.5f, 0.0f, 0.05f, 0.07f}, ph, 2);
+  CHECK(mh.values == 4);
+  CHECK(mh.within_1pc == 2);
+  CHECK(mh.within_5pc == 2);
+  CHECK_THROWS_AS((void)ssmq::quant::rounding_margins(v, ssmq::quant::point_quantizer{}, 1), std::invalid_argument);
 }
