@@ -814,7 +814,8 @@ TEST_CASE("freezing the weights after k epochs: Linear weights stay on their lev
   };
   struct epoch_view {
     std::vector<long> out, dec;
-    std::vector<float> c;
+    std::vector<float> c, w_out, w_dec;
+    ssmq::affine_params p_out;
   };
   auto run = [&](std::size_t freeze_after) {
     ssmq::quant::qat_model q(model, ssmq::precision_from_name("Abar8_Cbar6f_D6_x12_ssm8_W3_act8"),
@@ -830,7 +831,8 @@ TEST_CASE("freezing the weights after k epochs: Linear weights stay on their lev
     ssmq::train::adam<float> opt(q.shadows, o.adam);
     ssmq::quant::qat_train(q, opt, tb, nullptr, o, [&](const ssmq::quant::qat_epoch_stats& st) {
       const auto pp = q.prepare();
-      views.push_back({levels(pp.layers[0].out.W, pp.layers[0].q_w_out), levels(pp.dec.W, pp.q_w_dec), pp.layers[0].c_re});
+      views.push_back({levels(pp.layers[0].out.W, pp.layers[0].q_w_out), levels(pp.dec.W, pp.q_w_dec),
+                       pp.layers[0].c_re, q.shadows.layers[0].out.W, q.shadows.decoder.W, pp.layers[0].q_w_out.params[0]});
       if (freeze_after > 0 && st.epoch >= freeze_after) {
         // Snapped: every weight shadow sits on its grid point (up to the refit of the range).
         const auto& p = pp.layers[0].q_w_out.params[0];
@@ -850,6 +852,11 @@ TEST_CASE("freezing the weights after k epochs: Linear weights stay on their lev
   CHECK(frozen[3].out == frozen[1].out);
   CHECK(frozen[3].dec == frozen[1].dec);
   CHECK(frozen[3].c != frozen[1].c);  // C̄ trains on
+  // Held, not snapped again: the shadows and their grid do not move in the frozen epochs (a
+  // snap at every step refits the range to the snapped values and drifts: it collapsed a run).
+  CHECK(frozen[3].w_out == frozen[2].w_out);
+  CHECK(frozen[3].w_dec == frozen[2].w_dec);
+  CHECK(frozen[3].p_out == frozen[2].p_out);
 }
 
 TEST_CASE("rounding margins: distances to a threshold on constructed values, per tensor and per head") {

@@ -569,17 +569,19 @@ class qat_model {
 
   /// Puts every Linear weight shadow on its grid point (its fake-quantized value), so that a
   /// small step no longer flips it to the neighbouring level (qat_options::freeze_weights_after).
+  /// Once only: the grid is refitted to the snapped values, so snapping again would move them.
   void snap_weights() {
     const qat_prepared pp = prepare();
     shadows.encoder.W = pp.enc.W;
     shadows.decoder.W = pp.dec.W;
     for (std::size_t i = 0; i < shadows.layers.size(); ++i) shadows.layers[i].out.W = pp.layers[i].out.W;
   }
-  /// Zeroes the Linear weights' gradients (biases keep theirs).
-  static void zero_weight_grads(qat_params& g) {
-    std::fill(g.encoder.W.begin(), g.encoder.W.end(), 0.0f);
-    std::fill(g.decoder.W.begin(), g.decoder.W.end(), 0.0f);
-    for (auto& l : g.layers) std::fill(l.out.W.begin(), l.out.W.end(), 0.0f);
+  /// f(std::vector<float>&) for every Linear weight tensor of `p` (shadows or gradients).
+  template <class F>
+  static void for_each_linear_weight(qat_params& p, F&& f) {
+    f(p.encoder.W);
+    for (auto& l : p.layers) f(l.out.W);
+    f(p.decoder.W);
   }
 
   /// Oscillation dampening (after Nagel et al. 2022, "Overcoming Oscillations in

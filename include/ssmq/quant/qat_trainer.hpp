@@ -36,9 +36,9 @@ struct qat_options {
   /// 0: off (the default, the paper's pipeline); > 0: oscillation dampening with this weight
   /// (qat_model::add_dampening).
   double dampening = 0.0;
-  /// 0: off (the default); k > 0: from epoch k + 1 on, the Linear weights stay on their grid
-  /// points (qat_model::snap_weights, before the epoch and after every step) and the rest of
-  /// the model trains on. 4-bit weight shadows gather at rounding thresholds, where tiny steps
+  /// 0: off (the default); k > 0: at the start of epoch k + 1 the Linear weights are put on
+  /// their grid points (qat_model::snap_weights) and then held there to the end, while the
+  /// rest of the model trains on. 4-bit weight shadows gather at rounding thresholds, where tiny steps
   /// flip them between two levels (docs/qat.md, "Freezing the weights").
   std::size_t freeze_weights_after = 0;
 };
@@ -57,8 +57,8 @@ struct qat_step_result {
 };
 
 /// One optimisation step on batch `b`.
-/// With `weights_frozen` the Linear weights get no gradient and are put back on their grid
-/// points after the step (qat_options::freeze_weights_after).
+/// With `weights_frozen` the Linear weights get no gradient and keep their values through the
+/// step (qat_options::freeze_weights_after; Adam's momentum would still move them).
 inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt, const data::batch& b,
                                       const qat_options& o, double lr_scale, qat_workspace& ws,
                                       bool weights_frozen = false) {
@@ -92,9 +92,14 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   for (std::size_t t = 1; t < o.threads; ++t) ws.grads[0].add(ws.grads[t]);
   model.finish_backward(pp, ws.grads[0], ws.shadow_grads);
   if (o.dampening > 0.0) model.add_dampening(pp, static_cast<float>(o.dampening), ws.shadow_grads);
-  if (weights_frozen) qat_model::zero_weight_grads(ws.shadow_grads);
+  std::vector<std::vector<float>> held;
+  if (weights_frozen) {
+    qat_model::for_each_linear_weight(ws.shadow_grads, [](std::vector<float>& g) { std::fill(g.begin(), g.end(), 0.0f); });
+    qat_model::for_each_linear_weight(model.shadows, [&](std::vector<float>& w) { held.push_back(w); });
+  }
   opt.step(model.shadows, ws.shadow_grads, lr_scale);
-  if (weights_frozen) model.snap_weights();
+  std::size_t k = 0;
+  if (weights_frozen) qat_model::for_each_linear_weight(model.shadows, [&](std::vector<float>& w) { w = held[k++]; });
   if (o.range_momentum > 0.0) model.track_ranges(ws.caches, o.range_momentum);
   qat_step_result r;
   for (std::size_t t = 0; t < o.threads; ++t) {
@@ -188,7 +193,7 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     std::uint64_t clamped = 0, steps = 0;
     const auto t0 = train::progress::clock::now();
     const bool frozen = o.freeze_weights_after > 0 && e >= o.freeze_weights_after;
-    if (frozen) model.snap_weights();
+    if (frozen && e == o.freeze_weights_after) model.snap_weights();  // a resumed run is past it
     training.for_each_batch(e, [&](const data::batch& b) {
       const auto r = qat_train_step(model, opt, b, o, scale, ws, frozen);
       if (average) average->update(model.shadows);
