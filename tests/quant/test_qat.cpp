@@ -346,10 +346,15 @@ TEST_CASE("each parameterization's shadow gradients agree with a central differe
   // Also with B̄ folded into C̄ (a float spec that only sets the flag): B̄ is then no shadow.
   ssmq::precision_spec folded;
   folded[ssmq::component::cbar].carries_bbar = true;
-  for (const auto& [param, spec] : {std::pair{all_params[0], ssmq::precision_spec{}}, {all_params[1], ssmq::precision_spec{}},
-                                    {all_params[2], ssmq::precision_spec{}}, {all_params[3], ssmq::precision_spec{}},
-                                    {abar_parameterization::discrete, folded}, {abar_parameterization::frozen, folded},
-                                    {abar_parameterization::polar, folded}}) {
+  struct variant {
+    abar_parameterization param;
+    ssmq::precision_spec spec;
+  };
+  for (const variant v : {variant{all_params[0], {}}, {all_params[1], {}}, {all_params[2], {}}, {all_params[3], {}},
+                          {abar_parameterization::discrete, folded}, {abar_parameterization::frozen, folded},
+                          {abar_parameterization::polar, folded}}) {
+    const auto param = v.param;
+    const auto& spec = v.spec;  // (named copies: Clang 14 cannot capture structured bindings in INFO)
     INFO(ssmq::quant::to_string(param), spec.bbar_folded() ? " folded" : "");
     ssmq::quant::qat_model q(m, spec, param);
     std::vector<float> logits;
