@@ -334,7 +334,8 @@ TEST_CASE("the shipped quantized model files load, carry their configuration and
     const char* config;
   };
   for (const shipped m : {shipped{"smnist-s4d-h16-qat-hetero8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"},
-                          shipped{"smnist-s4d-h16-qat-wide8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8"}}) {
+                          shipped{"smnist-s4d-h16-qat-wide8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8"},
+                          shipped{"smnist-s4d-h16-qat-fold4.quant.safetensors", "Abar8_Cbar4f_D4_x12_ssm8_W4_act8"}}) {
     INFO(m.file);
     const fs::path path = fs::path(SSMQ_MODELS_DIR) / m.file;
     const auto loaded = io::load_quantized_model(path);
