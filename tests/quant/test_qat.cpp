@@ -350,7 +350,7 @@ TEST_CASE("each parameterization's shadow gradients agree with a central differe
     abar_parameterization param;
     ssmq::precision_spec spec;
   };
-  for (const variant v : {variant{all_params[0], {}}, {all_params[1], {}}, {all_params[2], {}}, {all_params[3], {}},
+  for (const variant& v : {variant{all_params[0], {}}, {all_params[1], {}}, {all_params[2], {}}, {all_params[3], {}},
                           {abar_parameterization::discrete, folded}, {abar_parameterization::frozen, folded},
                           {abar_parameterization::polar, folded}}) {
     const auto param = v.param;
