@@ -49,7 +49,7 @@ FOLD_SAVES_FLOAT_BYTES = 4096 - 64
 # Each fold run beside the unfolded runs of the same budget: (fold run prefix, unfolded prefix).
 FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "hetero8-x12-frozen"),
               ("fold8-wide-frozen", "wide8-frozen"), ("fold4-wide-frozen", "wide8-frozen"),
-              ("fold4h-x12-frozen", "hetero8-x12-frozen"), ("fold4-wide-frozen-fw7", "wide8-frozen")]
+              ("fold4h-x12-frozen", "hetero8-x12-frozen")]
 
 
 # A recipe may end in -xp<P>: the state's range calibrated at the P-th percentile (x8p<P> in
@@ -239,7 +239,7 @@ def main():
     # B̄ folded into C̄: each fold run beside the unfolded runs it replaces.
     w("## B̄ folded into C̄ (`Cbar<b>f`: the same function, one quantized product)")
     w("")
-    fold_rows = [(name, r) for name, r in sorted(runs.items()) if name.startswith("fold")]
+    fold_rows = [(name, r) for name, r in sorted(runs.items()) if name.startswith("fold") and "-fw" not in name]
     if fold_rows:
         w("One input per head makes only the product C̄_n B̄_n matter, so B̄ folds into C̄ exactly and keeps")
         w("one float per head ([../precision.md](../precision.md), \"Folding B̄ into C̄\"). `Cbar8f` spends the")
@@ -261,6 +261,39 @@ def main():
               f"{pct(r['test_accuracy'])} | {bcell} | {pb:,} | {float(r['reduction_parameters']):.2f}x | {vs_folded} |")
     else:
         w("Not run yet (`tools/qat-runs fold`).")
+    w("")
+
+    # Freezing the weights: each run beside the same seed without the option (the same
+    # trajectory up to the freeze), epoch by epoch from the freeze on.
+    w("## Freezing the weights (`--freeze-weights-after 7`, `Abar8_Cbar4f_D4_x12_ssm8_W4_act8`)")
+    w("")
+    frozen_runs = [(name, r) for name, r in sorted(runs.items()) if re.fullmatch(r"fold4-wide-frozen-fw7-s\d+", name)]
+    if frozen_runs:
+        w("From epoch 8 on the Linear weights stay on their levels while C̄, D and the biases train on")
+        w("([../qat.md](../qat.md), \"Freezing the weights\"). Each run's epochs 1-7 are those of the same seed")
+        w("without the option; the columns compare the two from the freeze on (train accuracy is the mean")
+        w("over the epoch's steps).")
+        w("")
+        w("| seed | epoch | train acc % (held / free) | val % (held / free) |")
+        w("|--:|--:|--:|--:|")
+        for name, r in frozen_runs:
+            seed = name.rsplit("-s", 1)[1]
+            held = read_csv(os.path.join(RES, "qat-logs", f"{name}.csv"))
+            free = read_csv(os.path.join(RES, "qat-logs", f"fold4-wide-frozen-s{seed}.csv"))
+            for a, b in zip(held, free):
+                if a["epoch"] in ("8", "9", "10"):
+                    w(f"| {seed} | {a['epoch']} | {pct(a['train_accuracy'])} / {pct(b['train_accuracy'])} | "
+                      f"{pct(a['val_accuracy'])} / {pct(b['val_accuracy'])} |")
+        w("")
+        w("| seed | best val % (epoch), held | test %, held | best val % (epoch), free | test %, free |")
+        w("|--:|--:|--:|--:|--:|")
+        for name, r in frozen_runs:
+            seed = name.rsplit("-s", 1)[1]
+            b = runs.get(f"fold4-wide-frozen-s{seed}")
+            bcells = f"{pct(b['best_val_accuracy'])} ({b['best_epoch']}) | {pct(b['test_accuracy'])}" if b else "- | -"
+            w(f"| {seed} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | {bcells} |")
+    else:
+        w("Not run yet (`tools/qat-runs freeze`).")
     w("")
 
     # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.
