@@ -410,6 +410,17 @@ ssmq::s4d_model<float> pretrained_tiny(const ssmq::data::batcher& train) {
   ssmq::train::train(model, opt, train, nullptr, o, [](const ssmq::train::epoch_stats&) {});
   return model;
 }
+
+/// QAT options of the tiny runs: one learning rate for every shadow.
+ssmq::quant::qat_options tiny_options(std::size_t epochs, std::size_t threads, std::size_t micro_batch, double lr) {
+  ssmq::quant::qat_options o;
+  o.epochs = epochs;
+  o.threads = threads;
+  o.micro_batch = micro_batch;
+  o.adam.lr = lr;
+  o.adam.ssm_lr = lr;
+  return o;
+}
 }  // namespace
 
 TEST_CASE("a tiny QAT run: loss falls, accuracy ends above PTQ, same seed gives the same bytes, Frozen keeps Ā") {
@@ -422,12 +433,7 @@ TEST_CASE("a tiny QAT run: loss falls, accuracy ends above PTQ, same seed gives 
   auto run = [&](abar_parameterization param, std::vector<ssmq::quant::qat_epoch_stats>& log) {
     ssmq::quant::qat_model q(model, spec, param);
     q.calibrate(tb, 2, 2);
-    ssmq::quant::qat_options o;
-    o.epochs = 6;
-    o.threads = 2;
-    o.micro_batch = 7;
-    o.adam.lr = 1e-2;
-    o.adam.ssm_lr = 1e-2;
+    const auto o = tiny_options(6, 2, 7, 1e-2);
     ssmq::train::adam<float> opt(q.shadows, o.adam);
     ssmq::quant::qat_train(q, opt, tb, &vb, o, [&](const ssmq::quant::qat_epoch_stats& s) { log.push_back(s); });
     return q;
@@ -790,11 +796,7 @@ TEST_CASE("B̄ folded into C̄ (Cbar<b>f): not a trained shadow, fixed through Q
     CHECK(pp.layers[0].c_re == ptq.layers()[0].c_re);
     CHECK(pp.layers[0].c_im == ptq.layers()[0].c_im);
 
-    ssmq::quant::qat_options o;
-    o.epochs = 1;
-    o.threads = 1;
-    o.micro_batch = 10;
-    o.adam.lr = 1e-2;
+    const auto o = tiny_options(1, 1, 10, 1e-2);
     ssmq::train::adam<float> opt(q.shadows, o.adam);
     ssmq::quant::qat_train(q, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
     CHECK(q.shadows.layers[0].bbar_re == bre);
@@ -826,11 +828,7 @@ TEST_CASE("freezing the weights after k epochs: Linear weights stay on their lev
     ssmq::quant::qat_model q(model, ssmq::precision_from_name("Abar8_Cbar6f_D6_x12_ssm8_W3_act8"),
                              abar_parameterization::frozen);
     q.calibrate(tb, 2, 1);
-    ssmq::quant::qat_options o;
-    o.epochs = 4;
-    o.threads = 2;
-    o.micro_batch = 10;
-    o.adam.lr = 5e-2;
+    auto o = tiny_options(4, 2, 10, 5e-2);
     o.freeze_weights_after = freeze_after;
     std::vector<epoch_view> views;
     ssmq::train::adam<float> opt(q.shadows, o.adam);
