@@ -38,8 +38,8 @@ struct qat_options {
   double dampening = 0.0;
   /// 0: off (the default); k > 0: at the start of epoch k + 1 the Linear weights are put on
   /// their grid points (qat_model::snap_weights) and then held there to the end, while the
-  /// rest of the model trains on. 4-bit weight shadows gather at rounding thresholds, where tiny steps
-  /// flip them between two levels (docs/qat.md, "Freezing the weights").
+  /// rest of the model trains on. 4-bit weight shadows gather at rounding thresholds, where
+  /// tiny steps flip them between two levels (docs/qat.md, "Freezing the weights").
   std::size_t freeze_weights_after = 0;
 };
 
