@@ -17,7 +17,8 @@ namespace ssmq {
 
 /// Folds B̄ into C (both [H, M] as re, im arrays) in place: afterwards B̄ is real and
 /// constant over each head's modes (see above). Computed in double. Throws
-/// std::invalid_argument for a wrong size or a head whose B̄ is zero or not finite.
+/// std::invalid_argument, changing nothing, for a wrong size, a mode whose B̄ is zero or not
+/// finite, or a C that is not finite.
 template <class T>
 void fold_bbar_into_c(std::vector<T>& bbar_re, std::vector<T>& bbar_im, std::vector<T>& c_re, std::vector<T>& c_im,
                       std::size_t heads, std::size_t modes) {
