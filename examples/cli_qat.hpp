@@ -37,6 +37,7 @@ struct qat_args {
   double average = 0.0;  // 0: no moving average of the shadows
   double dampen = 0.0;   // 0: no oscillation dampening
   std::size_t freeze_weights_after = 0;  // 0: the Linear weights train to the end
+  double distill = 0.0, distill_temperature = 1.0;  // distill 0: labels only
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -73,6 +74,10 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--freeze-weights-after", a.freeze_weights_after,
                   "0: off (default); k: after k epochs the Linear weights stay on their grid points and the rest "
                   "trains on (k < --epochs)");
+  cmd->add_option("--distill", a.distill,
+                  "0: labels only (default); w in (0, 1]: the loss is (1 - w) cross-entropy + w distillation from "
+                  "the float --model's logits");
+  cmd->add_option("--distill-temperature", a.distill_temperature, "the distillation temperature T (default 1)");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
@@ -94,6 +99,9 @@ inline std::string qat_fingerprint(const qat_args& a) {
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " dampen=%.17g", a.dampen);
   if (a.freeze_weights_after > 0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " freeze_weights_after=%zu", a.freeze_weights_after);
+  if (a.distill > 0.0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " distill=%.17g T=%.17g", a.distill,
+                  a.distill_temperature);
   return buf;
 }
 
@@ -112,6 +120,11 @@ inline int run_qat(const qat_args& a) {
     throw std::invalid_argument("ssmq qat --freeze-weights-after: " + std::to_string(a.freeze_weights_after) +
                                 " leaves no epoch with frozen weights out of --epochs " + std::to_string(a.epochs) +
                                 " (0: off)");
+  if (!(a.distill >= 0.0 && a.distill <= 1.0))
+    throw std::invalid_argument("ssmq qat --distill: the weight must lie in [0, 1] (0: off), not " + std::to_string(a.distill));
+  if (!(a.distill_temperature > 0.0 && std::isfinite(a.distill_temperature)))
+    throw std::invalid_argument("ssmq qat --distill-temperature: must be a finite number > 0, not " +
+                                std::to_string(a.distill_temperature));
   const auto ck = ssmq::io::load_model(a.model);
   const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
   const auto param = ssmq::quant::parameterization_from_name(a.param);
@@ -133,6 +146,14 @@ inline int run_qat(const qat_args& a) {
   o.range_momentum = a.range_momentum;
   o.dampening = a.dampen;
   o.freeze_weights_after = a.freeze_weights_after;
+  std::vector<float> teacher;  // the float model's logits on the training split, in order
+  if (a.distill > 0.0) {
+    ssmq::data::batcher in_order(split.train, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
+    ssmq::train::progress prog("teacher", split.train.size(), "samples");
+    const auto r = ssmq::train::evaluate(ck.model, in_order, ssmq::ssm_mode::convolutional, a.threads, &teacher, &prog);
+    std::fprintf(stderr, "teacher (the float model) on the training split: accuracy %.4f, loss %.4f\n", r.accuracy, r.loss);
+    o.distill = {.teacher_logits = teacher, .weight = a.distill, .temperature = a.distill_temperature};
+  }
   const fs::path out(a.out), state(a.out + ".train-state");
   double best_acc = -1.0, ptq_val = 0.0, ptq_test = 0.0;
   std::size_t best_epoch = 0;

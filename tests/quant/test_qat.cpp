@@ -884,3 +884,81 @@ TEST_CASE("rounding margins: distances to a threshold on constructed values, per
   CHECK(mh.within_5pc == 2);
   CHECK_THROWS_AS((void)ssmq::quant::rounding_margins(v, ssmq::quant::point_quantizer{}, 1), std::invalid_argument);
 }
+
+TEST_CASE("distillation: a teacher equal to the model gives no gradient; a mix is the weighted sum of both") {
+  const auto train_set = ssmq_test::synthetic(60, 41);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {30, ssmq::data::batch_order::shuffled, 5, false});
+  ssmq::data::batcher in_order(train_set, norm, {30, ssmq::data::batch_order::sequential, 0, false});
+  const auto model = pretrained_tiny(tb);
+  ssmq::quant::qat_model q(model, ssmq::precision_from_name("Abar8_Cbar4f_D4_x12_ssm8_W4_act8"),
+                           abar_parameterization::frozen);
+  q.calibrate(tb, 2, 1);
+  const std::size_t C = q.shape().classes;
+  std::vector<float> own;  // the model's own logits, row i for training sequence i
+  const auto pp = q.prepare();
+  in_order.for_each_batch(0, [&](const ssmq::data::batch& b) {
+    std::vector<float> l(b.size * C);
+    q.forward(pp, b.inputs.data(), b.size, b.length, l.data());
+    own.insert(own.end(), l.begin(), l.end());
+  });
+  REQUIRE(own.size() == train_set.size() * C);
+
+  SUBCASE("taught by itself, an epoch moves no shadow; taught by the labels, it does") {
+    auto train = [&](bool distill) {
+      auto m = q;
+      auto o = tiny_options(1, 2, 10, 1e-2);
+      if (distill) o.distill = {.teacher_logits = own, .weight = 1.0, .temperature = 2.0};
+      ssmq::train::adam<float> opt(m.shadows, o.adam);
+      ssmq::quant::qat_train(m, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {});
+      return m;
+    };
+    auto before = q.shadows;
+    auto taught = train(true).shadows, labelled = train(false).shadows;
+    check_same_bytes(named(taught), named(before));
+    CHECK(named(labelled) != named(before));
+  }
+
+  SUBCASE("weight 1/2: half the label gradient plus half the distillation gradient; the loss reported is the labels'") {
+    std::vector<float> teacher(own.size());
+    std::mt19937_64 rng(9);
+    std::normal_distribution<float> n01(0.0f, 3.0f);
+    for (auto& v : teacher) v = n01(rng);
+    const auto batch = first_batch(tb);
+    auto step = [&](double weight, ssmq::quant::qat_step_result* r = nullptr) {
+      auto m = q;
+      auto o = tiny_options(1, 2, 10, 1e-2);
+      if (weight > 0.0) o.distill = {.teacher_logits = teacher, .weight = weight, .temperature = 1.5};
+      ssmq::train::adam<float> opt(m.shadows, o.adam);
+      ssmq::quant::qat_workspace ws;
+      const auto res = ssmq::quant::qat_train_step(m, opt, batch, o, 1.0, ws);
+      if (r) *r = res;
+      return named(ws.shadow_grads);
+    };
+    ssmq::quant::qat_step_result r_labels, r_taught;
+    const tensors g_labels = step(0.0, &r_labels), g_taught = step(1.0, &r_taught), g_half = step(0.5);
+    CHECK(r_taught.loss == r_labels.loss);
+    for (const auto& entry : g_half) {
+      const std::string& n = entry.first;
+      INFO(n);
+      std::vector<float> expect(entry.second.size());
+      for (std::size_t i = 0; i < expect.size(); ++i) expect[i] = 0.5f * (g_labels.at(n)[i] + g_taught.at(n)[i]);
+      CHECK(rel_error(entry.second, expect) <= 1e-5);
+    }
+    CHECK(rel_error(g_taught.at("decoder.weight"), g_labels.at("decoder.weight")) > 0.1);  // a different objective
+  }
+
+  SUBCASE("a teacher of the wrong size and a weight above 1 are errors") {
+    auto o = tiny_options(1, 1, 10, 1e-2);
+    auto m = q;
+    ssmq::train::adam<float> opt(m.shadows, o.adam);
+    const std::vector<float> short_teacher(own.begin(), own.end() - static_cast<std::ptrdiff_t>(C));
+    o.distill = {.teacher_logits = short_teacher, .weight = 1.0, .temperature = 1.0};
+    CHECK_THROWS_WITH_AS(ssmq::quant::qat_train(m, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {}),
+                         doctest::Contains("teacher"), std::invalid_argument);
+    o.distill = {.teacher_logits = own, .weight = 1.5, .temperature = 1.0};
+    CHECK_THROWS_WITH_AS(ssmq::quant::qat_train(m, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {}),
+                         doctest::Contains("weight"), std::invalid_argument);
+    check_same_bytes(named(m.shadows), named(q.shadows));
+  }
+}

@@ -1,9 +1,11 @@
 #pragma once
-// Softmax cross-entropy over [B, classes] logits, computed stably (max subtracted).
+// Losses over [B, classes] logits, computed stably (max subtracted): softmax cross-entropy
+// against labels, and knowledge distillation against a teacher's logits.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 namespace ssmq::nn {
 
@@ -26,6 +28,41 @@ double cross_entropy(const T* logits, const std::uint8_t* labels, std::size_t B,
         const double p = std::exp(static_cast<double>(z[c]) - log_sum);
         dlogits[b * classes + c] = static_cast<T>((p - (c == labels[b] ? 1.0 : 0.0)) * grad_scale);
       }
+  }
+  return loss;
+}
+
+/// Knowledge distillation (Hinton et al. 2015): the summed loss over the B rows of
+/// T^2 KL(softmax(t / T) || softmax(z / T)), z the logits, t the teacher's. ADDS its gradient
+/// T (softmax(z / T) - softmax(t / T)) * grad_scale to dlogits, so that it can be mixed with
+/// cross_entropy's (which writes). The T^2 keeps the gradient's size independent of T.
+template <class T>
+double distillation_loss(const T* logits, const float* teacher, std::size_t B, std::size_t classes,
+                         double temperature, T* dlogits, double grad_scale) {
+  if (!(temperature > 0.0 && std::isfinite(temperature)))
+    throw std::invalid_argument("ssmq: the distillation temperature must be a finite number > 0");
+  // log softmax(v / T) of one row into out.
+  auto log_softmax = [&](auto v, double* out) {
+    double mx = static_cast<double>(v(0)) / temperature;
+    for (std::size_t c = 1; c < classes; ++c) mx = std::fmax(mx, static_cast<double>(v(c)) / temperature);
+    double sum = 0.0;
+    for (std::size_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(v(c)) / temperature - mx);
+    const double log_sum = std::log(sum) + mx;
+    for (std::size_t c = 0; c < classes; ++c) out[c] = static_cast<double>(v(c)) / temperature - log_sum;
+  };
+  std::vector<double> ls(classes), lt(classes);
+  double loss = 0.0;
+  for (std::size_t b = 0; b < B; ++b) {
+    log_softmax([&](std::size_t c) { return logits[b * classes + c]; }, ls.data());
+    log_softmax([&](std::size_t c) { return teacher[b * classes + c]; }, lt.data());
+    double kl = 0.0;
+    for (std::size_t c = 0; c < classes; ++c) {
+      const double pt = std::exp(lt[c]);
+      kl += pt * (lt[c] - ls[c]);
+      if (dlogits != nullptr)
+        dlogits[b * classes + c] += static_cast<T>(temperature * (std::exp(ls[c]) - pt) * grad_scale);
+    }
+    loss += temperature * temperature * kl;
   }
   return loss;
 }

@@ -3,12 +3,14 @@
 // fake-quantized model on both cores. Deterministic like the float trainer: each batch is
 // split into one contiguous share per thread, each cut into micro-batches, and the
 // per-thread gradients are summed in thread order.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -23,6 +25,18 @@
 #include "qat_model.hpp"
 
 namespace ssmq::quant {
+
+/// Knowledge distillation from a teacher, e.g. the float model QAT starts from (its logits
+/// come from train::evaluate over the training split in order). The objective becomes
+/// (1 - weight) cross-entropy + weight T^2 KL(softmax(t / T) || softmax(z / T)): the soft
+/// targets say how the float model ranks the wrong classes too, which a 4-bit model cannot
+/// learn from the labels alone.
+struct distillation_options {
+  std::span<const float> teacher_logits;  ///< [N, classes], row i for training sequence i; empty: off
+  double weight = 1.0;
+  double temperature = 1.0;
+  [[nodiscard]] bool active() const noexcept { return !teacher_logits.empty() && weight > 0.0; }
+};
 
 struct qat_options {
   std::size_t epochs = 10;
@@ -41,6 +55,7 @@ struct qat_options {
   /// rest of the model trains on. 4-bit weight shadows gather at rounding thresholds, where
   /// tiny steps flip them between two levels (docs/qat.md, "Freezing the weights").
   std::size_t freeze_weights_after = 0;
+  distillation_options distill;  ///< off by default (the paper's pipeline: labels only)
 };
 
 /// Per-thread buffers of a QAT run, kept across steps.
@@ -51,7 +66,7 @@ struct qat_workspace {
 };
 
 struct qat_step_result {
-  double loss = 0.0;          ///< summed over the batch
+  double loss = 0.0;          ///< cross-entropy against the labels, summed over the batch (also when distilling)
   std::size_t correct = 0;
   std::uint64_t state_clamped = 0;
 };
@@ -71,11 +86,18 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   std::vector<double> losses(o.threads, 0.0);
   std::vector<std::size_t> correct(o.threads, 0);
   std::vector<std::uint64_t> clamped(o.threads, 0);
+  const bool distill = o.distill.active();
+  const double label_weight = distill ? 1.0 - o.distill.weight : 1.0;
+  if (distill)
+    for (const std::size_t i : b.indices)
+      if ((i + 1) * C > o.distill.teacher_logits.size())
+        throw std::invalid_argument("ssmq: training sequence " + std::to_string(i) + " has no teacher logits (" +
+                                    std::to_string(o.distill.teacher_logits.size() / C) + " rows)");
   train::parallel_for(o.threads, [&](std::size_t t) {
     ws.grads[t].zero();
     ws.caches[t].observe_ranges = o.range_momentum > 0.0;
     ws.caches[t].seen.clear();
-    std::vector<float> logits, dlogits;
+    std::vector<float> logits, dlogits, teacher;
     const auto [lo, hi] = train::share(b.size, o.threads, t);
     for (std::size_t m = lo; m < hi; m += o.micro_batch) {
       const std::size_t n = std::min(o.micro_batch, hi - m);
@@ -84,7 +106,14 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
       clamped[t] += model.forward(pp, b.inputs.data() + m * b.length * b.channels, n, b.length, logits.data(),
                                   &ws.caches[t]);
       losses[t] += nn::cross_entropy(logits.data(), b.labels.data() + m, n, C, dlogits.data(),
-                                     1.0 / static_cast<double>(b.size));
+                                     label_weight / static_cast<double>(b.size));
+      if (distill) {
+        teacher.resize(n * C);
+        for (std::size_t r = 0; r < n; ++r)
+          std::copy_n(o.distill.teacher_logits.data() + b.indices[m + r] * C, C, teacher.data() + r * C);
+        nn::distillation_loss(logits.data(), teacher.data(), n, C, o.distill.temperature, dlogits.data(),
+                              o.distill.weight / static_cast<double>(b.size));
+      }
       correct[t] += nn::count_correct(logits.data(), b.labels.data() + m, n, C);
       model.backward(pp, ws.caches[t], dlogits.data(), ws.grads[t]);
     }
@@ -177,6 +206,12 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
                       shadow_average* average = nullptr) {
   if (o.threads == 0 || o.micro_batch == 0) throw std::invalid_argument("ssmq: threads and micro_batch must be >= 1");
   if (!model.calibrated()) throw std::logic_error("ssmq: calibrate the QAT model before training");
+  if (o.distill.active() && o.distill.teacher_logits.size() != training.dataset().size() * model.shape().classes)
+    throw std::invalid_argument("ssmq: the teacher has " + std::to_string(o.distill.teacher_logits.size()) +
+                                " logits, the training split needs " +
+                                std::to_string(training.dataset().size() * model.shape().classes));
+  if (o.distill.active() && !(o.distill.weight <= 1.0))
+    throw std::invalid_argument("ssmq: the distillation weight must lie in (0, 1]");
   qat_workspace ws;
   const std::size_t per_epoch = training.dataset().size();
   train::progress prog("qat", (o.epochs - o.first_epoch) * per_epoch, "samples");
