@@ -38,6 +38,7 @@ struct qat_args {
   double dampen = 0.0;   // 0: no oscillation dampening
   std::size_t freeze_weights_after = 0;  // 0: the Linear weights train to the end
   double distill = 0.0, distill_temperature = 1.0;  // distill 0: labels only
+  double freeze_oscillating = 0.0, oscillation_momentum = 0.01;  // 0: no value is frozen for oscillating
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -78,6 +79,11 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
                   "0: labels only (default); w in (0, 1]: the loss is (1 - w) cross-entropy + w distillation from "
                   "the float --model's logits");
   cmd->add_option("--distill-temperature", a.distill_temperature, "the distillation temperature T (default 1)");
+  cmd->add_option("--freeze-oscillating", a.freeze_oscillating,
+                  "0: off (default); f in (0, 1]: a quantized value whose moving-average oscillation frequency (level "
+                  "flips back per step) exceeds f is frozen at its mean level for the rest of the run");
+  cmd->add_option("--oscillation-momentum", a.oscillation_momentum,
+                  "momentum of the moving averages of --freeze-oscillating (default 0.01, about 100 steps)");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
   cmd->add_option("--results", a.results, "append the run's result row to this CSV (tools/qat-runs)");
   cmd->add_option("--name", a.name, "the run's name in the results CSV");
@@ -102,6 +108,9 @@ inline std::string qat_fingerprint(const qat_args& a) {
   if (a.distill > 0.0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " distill=%.17g T=%.17g", a.distill,
                   a.distill_temperature);
+  if (a.freeze_oscillating > 0.0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " oscillating=%.17g momentum=%.17g",
+                  a.freeze_oscillating, a.oscillation_momentum);
   return buf;
 }
 
@@ -146,6 +155,7 @@ inline int run_qat(const qat_args& a) {
   o.range_momentum = a.range_momentum;
   o.dampening = a.dampen;
   o.freeze_weights_after = a.freeze_weights_after;
+  o.oscillation = {.threshold = a.freeze_oscillating, .momentum = a.oscillation_momentum};
   std::vector<float> teacher;  // the float model's logits on the training split, in order
   if (a.distill > 0.0) {
     ssmq::data::batcher in_order(split.train, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});
@@ -190,22 +200,28 @@ inline int run_qat(const qat_args& a) {
     ptq_test = ssmq::quant::qat_evaluate(model, test, a.threads).accuracy;
     std::fprintf(stderr, "%s, %s: PTQ starting point: validation accuracy %.4f, loss %.4f; test accuracy %.4f\n",
                  a.config.c_str(), a.param.c_str(), ptq.accuracy, ptq.loss, ptq_test);
-    log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,state_clamp_rate,seconds,samples_per_second\n";
-    log << "0,0,,," << ptq.loss << ',' << ptq.accuracy << ",,,\n" << std::flush;
+    log << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,state_clamp_rate,seconds,samples_per_second,"
+           "frozen_values\n";
+    log << "0,0,,," << ptq.loss << ',' << ptq.accuracy << ",,,,0\n" << std::flush;
   }
   if (a.average > 0.0 && !average) average.emplace(model.shadows, a.average);
+  std::optional<ssmq::quant::oscillation_freezer> freezer;  // from the calibrated (or restored) model
+  if (o.oscillation.active()) {
+    freezer.emplace(model, o.oscillation);
+    if (o.first_epoch > 0) ssmq::io::restore_oscillation_state(ssmq::io::load_safetensors(state), *freezer);
+  }
   double seconds = 0.0;  // training time over all epochs (kept across resumes)
   if (o.first_epoch > 0) seconds = ssmq::io::metadata_double(ssmq::io::load_safetensors(state), "train.seconds");
   ssmq::quant::qat_train(model, opt, training, &validation, o, [&](const ssmq::quant::qat_epoch_stats& st) {
     seconds += st.seconds;
     char row[256];
-    std::snprintf(row, sizeof row, "%zu,%.6g,%.6f,%.6f,%.6f,%.6f,%.3e,%.1f,%.1f", st.epoch + 1, st.lr, st.train_loss,
+    std::snprintf(row, sizeof row, "%zu,%.6g,%.6f,%.6f,%.6f,%.6f,%.3e,%.1f,%.1f,%zu", st.epoch + 1, st.lr, st.train_loss,
                   st.train_accuracy, st.validation.loss, st.validation.accuracy, st.state_clamp_rate, st.seconds,
-                  st.samples_per_second);
+                  st.samples_per_second, st.frozen_values);
     log << row << '\n' << std::flush;
-    std::fprintf(stderr, "epoch %zu/%zu: train loss %.4f acc %.4f | validation loss %.4f acc %.4f | %.0f s\n",
+    std::fprintf(stderr, "epoch %zu/%zu: train loss %.4f acc %.4f | validation loss %.4f acc %.4f | %.0f s%s\n",
                  st.epoch + 1, o.epochs, st.train_loss, st.train_accuracy, st.validation.loss, st.validation.accuracy,
-                 st.seconds);
+                 st.seconds, freezer ? (" | " + std::to_string(st.frozen_values) + " values frozen").c_str() : "");
     auto f = ssmq::io::to_safetensors(ck, model);  // the epoch's shadows; the state file adds Adam
     if (st.validation.accuracy > best_acc) {
       best_acc = st.validation.accuracy;
@@ -219,6 +235,7 @@ inline int run_qat(const qat_args& a) {
     }
     ssmq::io::add_optimizer_state(f, model.shadows, opt);
     if (average) ssmq::io::add_average_state(f, *average);
+    if (freezer) ssmq::io::add_oscillation_state(f, *freezer);
     ssmq::io::set_metadata(f, "train.fingerprint", qat_fingerprint(a));
     ssmq::io::set_metadata(f, "train.next_epoch", st.epoch + 1);
     ssmq::io::set_metadata(f, "train.best_val_accuracy", best_acc);
@@ -227,7 +244,7 @@ inline int run_qat(const qat_args& a) {
     ssmq::io::set_metadata(f, "qat.ptq_test_accuracy", ptq_test);
     ssmq::io::set_metadata(f, "train.seconds", seconds);
     ssmq::io::save_safetensors(state, f);
-  }, average ? &*average : nullptr);
+  }, average ? &*average : nullptr, freezer ? &*freezer : nullptr);
 
   // The chosen epoch, evaluated through PTQ's fake-quantized model (what a file would hold).
   auto best = ssmq::io::qat_from_safetensors(ssmq::io::load_safetensors(out)).model;
@@ -275,36 +292,14 @@ inline int run_qat(const qat_args& a) {
 inline int run_margins(const std::string& path) {
   const auto q = ssmq::io::qat_from_safetensors(ssmq::io::load_safetensors(path)).model;
   const auto pp = q.prepare();
-  const std::size_t M = q.shape().modes();
   std::printf("| tensor | bits | values | within 0.01 step of a threshold | within 0.05 step | clipped |\n");
   std::printf("|---|--:|--:|--:|--:|--:|\n");
-  auto row = [](const std::string& name, const std::vector<float>& v, const ssmq::quant::point_quantizer& pq,
-                std::size_t inner) {
-    if (!pq.active()) return;
-    const auto m = ssmq::quant::rounding_margins(v, pq, inner);
+  q.for_each_quantized_shadow(pp, [&](const ssmq::quant::qat_model::quantized_view& v, auto get) {
+    const auto m = ssmq::quant::rounding_margins(get(q.shadows), v.point, v.inner);
     const double n = m.values ? static_cast<double>(m.values) : 1.0;
-    std::printf("| %s | %d | %zu | %.1f %% | %.1f %% | %zu |\n", name.c_str(), pq.spec.bits, m.values,
+    std::printf("| %s | %d | %zu | %.1f %% | %.1f %% | %zu |\n", v.name.c_str(), v.point.spec.bits, m.values,
                 100.0 * static_cast<double>(m.within_1pc) / n, 100.0 * static_cast<double>(m.within_5pc) / n, m.clipped);
-  };
-  row("encoder.weight", q.shadows.encoder.W, pp.q_w_enc, q.shadows.encoder.in);
-  for (std::size_t i = 0; i < pp.layers.size(); ++i) {
-    const auto& s = q.shadows.layers[i];
-    const auto& l = pp.layers[i];
-    const std::string k = "s4_layers." + std::to_string(i) + ".";
-    if (q.parameterization() == ssmq::quant::abar_parameterization::discrete) {
-      row(k + "kernel.Abar_re", s.abar0, l.q_abar, M);
-      row(k + "kernel.Abar_im", s.abar1, l.q_abar, M);
-    }
-    if (!q.shadows.bbar_folded && q.parameterization() != ssmq::quant::abar_parameterization::continuous) {
-      row(k + "kernel.Bbar_re", s.bbar_re, l.q_bbar, M);
-      row(k + "kernel.Bbar_im", s.bbar_im, l.q_bbar, M);
-    }
-    row(k + "kernel.C_re", s.ssm.C_re, l.q_cbar, M);
-    row(k + "kernel.C_im", s.ssm.C_im, l.q_cbar, M);
-    row(k + "D", s.ssm.D, l.q_d, 1);
-    row(k + "output_linear.0.weight", s.out.W, l.q_w_out, s.out.in);
-  }
-  row("decoder.weight", q.shadows.decoder.W, pp.q_w_dec, q.shadows.decoder.in);
+  });
   std::printf("(a spread uniform between grid points puts 2 %% within 0.01 step and 10 %% within 0.05)\n");
   return 0;
 }

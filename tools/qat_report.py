@@ -40,6 +40,8 @@ RECIPES = {
     "frozen-damp0.01": "`frozen` with oscillation dampening (`--dampen 0.01`): every quantized shadow pulled toward its grid point by the gradient 0.01 (w - q(w)) / s^2",
     "frozen-damp0.001": "`frozen-damp0.01` with a ten times weaker pull (`--dampen 0.001`)",
     "frozen-fw7": "`frozen` with the Linear weights kept on their grid points after epoch 7 (`--freeze-weights-after 7`): C̄, D and the biases train on for the last 3 epochs",
+    "frozen-fw7-kd1": "`frozen-fw7` taught by the float model: the loss is the distillation loss T^2 KL(softmax(t/T) || softmax(z/T)) against the float model's logits t, at T = 1, instead of the labels' cross-entropy (`--distill 1`)",
+    "frozen-fw7-kd0.5T2": "`frozen-fw7` with half the labels' cross-entropy and half the distillation loss at T = 2 (`--distill 0.5 --distill-temperature 2`)",
 }
 
 

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -556,10 +557,13 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
   struct variant {
     double momentum, average;  // range momentum; decay of the moving average of the shadows (0: none)
     std::size_t freeze_after = 0;  // Linear weights frozen after this many epochs (0: never)
+    double oscillation = 0.0;      // threshold of the oscillation freezer (0: none)
   };
-  for (const variant var : {variant{0.0, 0.0}, variant{0.1, 0.0}, variant{0.0, 0.9}, variant{0.0, 0.0, 1}}) {
+  for (const variant var : {variant{0.0, 0.0}, variant{0.1, 0.0}, variant{0.0, 0.9}, variant{0.0, 0.0, 1},
+                            variant{0.0, 0.0, 0, 0.1}}) {
     const double momentum = var.momentum;
-    INFO("range momentum " << momentum << ", average " << var.average << ", weights frozen after " << var.freeze_after);
+    INFO("range momentum " << momentum << ", average " << var.average << ", weights frozen after " << var.freeze_after
+                           << ", oscillation threshold " << var.oscillation);
     const auto train_set = ssmq_test::synthetic(60, 21);
     const auto norm = ssmq::data::compute_normalisation(train_set);
     ssmq::data::batcher tb(train_set, norm, {20, ssmq::data::batch_order::shuffled, 3, false});
@@ -570,6 +574,7 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
     o.micro_batch = 6;
     o.range_momentum = momentum;
     o.freeze_weights_after = var.freeze_after;
+    o.oscillation = {.threshold = var.oscillation, .momentum = 0.3};
     const ssmq::io::model_checkpoint pre{m, norm};
     auto fresh = [&] {
       ssmq::quant::qat_model q(m, ssmq::precision_from_name("all6"), abar_parameterization::continuous);
@@ -580,17 +585,24 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
     auto start_average = [&](ssmq::quant::qat_model& q) {
       return var.average > 0.0 ? average_t(std::in_place, q.shadows, var.average) : average_t();
     };
+    using freezer_t = std::optional<ssmq::quant::oscillation_freezer>;
+    auto start_freezer = [&](const ssmq::quant::qat_model& q) {
+      return o.oscillation.active() ? freezer_t(std::in_place, q, o.oscillation) : freezer_t();
+    };
     auto whole = fresh();
     auto whole_avg = start_average(whole);
+    auto whole_frz = start_freezer(whole);
     ssmq::train::adam<float> opt(whole.shadows, o.adam);
     ssmq::quant::qat_train(whole, opt, tb, nullptr, o, [](const ssmq::quant::qat_epoch_stats&) {},
-                           whole_avg ? &*whole_avg : nullptr);
+                           whole_avg ? &*whole_avg : nullptr, whole_frz ? &*whole_frz : nullptr);
+    if (whole_frz) CHECK(whole_frz->frozen_total() > 0);  // or the variant would test nothing
 
     // Interrupted after the first epoch: its state goes through bytes, then the run continues.
     struct stop {};
     std::vector<std::uint8_t> saved;
     auto first = fresh();
     auto first_avg = start_average(first);
+    auto first_frz = start_freezer(first);
     ssmq::train::adam<float> opt1(first.shadows, o.adam);
     CHECK_THROWS_AS(ssmq::quant::qat_train(
                         first, opt1, tb, nullptr, o,
@@ -598,10 +610,11 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
                           auto f = ssmq::io::to_safetensors(pre, first);
                           ssmq::io::add_optimizer_state(f, first.shadows, opt1);
                           if (first_avg) ssmq::io::add_average_state(f, *first_avg);
+                          if (first_frz) ssmq::io::add_oscillation_state(f, *first_frz);
                           saved = ssmq::io::to_bytes(f);
                           throw stop{};
                         },
-                        first_avg ? &*first_avg : nullptr),
+                        first_avg ? &*first_avg : nullptr, first_frz ? &*first_frz : nullptr),
                     stop);
     const auto f = ssmq::io::from_bytes(saved, "memory");
     auto resumed = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
@@ -609,10 +622,12 @@ TEST_CASE("a QAT run resumed from its saved state ends bit-identical to an unint
     ssmq::io::restore_optimizer_state(f, resumed.shadows, opt2);
     auto resumed_avg = start_average(resumed);
     if (resumed_avg) ssmq::io::restore_average_state(f, *resumed_avg);
+    auto resumed_frz = start_freezer(resumed);
+    if (resumed_frz) ssmq::io::restore_oscillation_state(f, *resumed_frz);
     auto o2 = o;
     o2.first_epoch = 1;
     ssmq::quant::qat_train(resumed, opt2, tb, nullptr, o2, [](const ssmq::quant::qat_epoch_stats&) {},
-                           resumed_avg ? &*resumed_avg : nullptr);
+                           resumed_avg ? &*resumed_avg : nullptr, resumed_frz ? &*resumed_frz : nullptr);
     check_same_bytes(named(whole.shadows), named(resumed.shadows));
     REQUIRE(whole_avg.has_value() == (var.average > 0.0));
     if (whole_avg) check_same_bytes(named(whole_avg->values()), named(resumed_avg->values()));
@@ -961,4 +976,61 @@ TEST_CASE("distillation: a teacher equal to the model gives no gradient; a mix i
                          doctest::Contains("weight"), std::invalid_argument);
     check_same_bytes(named(m.shadows), named(q.shadows));
   }
+}
+
+TEST_CASE("oscillation freezing: a level that flips back is frozen at its mean level and held; a drift is not") {
+  const auto train_set = ssmq_test::synthetic(60, 51);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {30, ssmq::data::batch_order::shuffled, 5, false});
+  ssmq::quant::qat_model q(pretrained_tiny(tb), ssmq::precision_from_name("Abar8_Cbar6f_D6_x12_ssm8_W4_act8"),
+                           abar_parameterization::frozen);
+  q.calibrate(tb, 2, 1);
+  // Two decoder weights strictly inside the range (moving them does not move the grid).
+  auto& W = q.shadows.decoder.W;
+  std::vector<std::size_t> order(W.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return W[a] < W[b]; });
+  const std::size_t flip = order[order.size() / 2], drift = order[order.size() / 2 + 1];
+  const ssmq::affine_params p = q.prepare().q_w_dec.params[0];
+  const ssmq::int_limits lim = q.prepare().q_w_dec.spec.limits();
+  const auto level = [&](float w) { return static_cast<long>(std::nearbyint(w / p.scale)) + p.zero_point; };
+  const auto at = [&](double lv) { return static_cast<float>((lv - p.zero_point) * p.scale); };
+  const long L = level(W[flip]), K = level(W[drift]);
+  REQUIRE(L + 2 <= lim.qmax);
+  REQUIRE(K + 3 < lim.qmax);
+  ssmq::quant::oscillation_freezer fz(q, {.threshold = 0.3, .momentum = 0.5});
+  // A step moves the flipping value up a level, the next back down: the second change reverses
+  // the first, an oscillation event, so its frequency becomes 0.5 * 1 > 0.3. Its mean level is
+  // 0.5 L + 0.5 (0.5 (L + 1) + 0.5 L) = L + 1/4, which rounds to L. The drifting value moves up
+  // twice: no reversal, no event.
+  W[flip] = at(L + 0.6);
+  W[drift] = at(K + 0.6);
+  fz.after_step(q);
+  CHECK(fz.frozen_total() == 0);
+  W[flip] = at(L + 0.1);
+  W[drift] = at(K + 1.6);
+  fz.after_step(q);
+  CHECK(fz.frozen_total() == 1);
+  CHECK(W[flip] == at(L));  // put on the grid point of its mean level
+  // Held: a later step that moves it is undone, and its gradient is zeroed; the drifting value
+  // moves up a third time and stays free.
+  W[flip] = at(L + 1.0);
+  W[drift] = at(K + 2.6);
+  fz.after_step(q);
+  CHECK(W[flip] == at(L));
+  CHECK(W[drift] == at(K + 2.6));
+  CHECK(fz.frozen_total() == 1);
+  CHECK(q.prepare().q_w_dec.params[0] == p);  // the grid stayed where the levels above were read
+  auto grads = q.shadows;
+  grads.for_each([](const std::string&, std::vector<float>& v, ssmq::param_group) { std::fill(v.begin(), v.end(), 1.0f); });
+  fz.mask_gradients(q, q.prepare(), grads);
+  CHECK(grads.decoder.W[flip] == 0.0f);
+  CHECK(grads.decoder.W[drift] == 1.0f);
+  CHECK(grads.decoder.bias[0] == 1.0f);  // biases are not quantized values: never frozen
+  const auto counts = fz.frozen_counts();
+  CHECK(counts.back() == std::pair<std::string, std::size_t>{"decoder.weight", 1});
+  CHECK_THROWS_WITH_AS(ssmq::quant::oscillation_freezer(q, {.threshold = 0.0, .momentum = 0.5}),
+                       doctest::Contains("threshold"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ssmq::quant::oscillation_freezer(q, {.threshold = 0.1, .momentum = 1.5}),
+                       doctest::Contains("momentum"), std::invalid_argument);
 }

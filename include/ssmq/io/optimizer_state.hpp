@@ -4,7 +4,7 @@
 // for any parameter set with for_each(name, std::vector<float>&, group): the float model's
 // parameters and QAT's shadows. A moving average of the parameters (train::parameter_average),
 // when a run keeps one, is saved beside it ("avg.<name>", metadata train.average_updates and
-// train.average_decay).
+// train.average_decay). So is an oscillation freezer's state ("osc.<name>").
 #include <set>
 #include <string>
 #include <vector>
@@ -64,12 +64,28 @@ void restore_average_state(const safetensors_file& f, train::parameter_average<P
   avg.set_updates(static_cast<std::size_t>(metadata_integer(f, "train.average_updates", 0)));
 }
 
-/// Names of the tensors add_optimizer_state and add_average_state write (to allow them as
-/// extras when loading).
+/// Adds the state of an oscillation freezer (quant::oscillation_freezer, or anything with
+/// for_each_state(f(name, std::vector<float>&))) as "osc.<name>" tensors.
+template <class S>
+void add_oscillation_state(safetensors_file& f, S& freezer) {
+  freezer.for_each_state([&](const std::string& name, std::vector<float>& v) { f.tensors["osc." + name] = {{v.size()}, v}; });
+}
+
+/// Restores what add_oscillation_state wrote (every name and shape checked).
+template <class S>
+void restore_oscillation_state(const safetensors_file& f, S& freezer) {
+  freezer.for_each_state([&](const std::string& name, std::vector<float>& v) {
+    const auto t = expect_tensor(f, "osc." + name, {v.size()});
+    v.assign(t.begin(), t.end());
+  });
+}
+
+/// Names of the tensors add_optimizer_state, add_average_state and add_oscillation_state
+/// write (to allow them as extras when loading).
 [[nodiscard]] inline std::set<std::string> optimizer_tensor_names(const safetensors_file& f) {
   std::set<std::string> names;
   for (const auto& [name, t] : f.tensors)
-    if (name.rfind("adam.", 0) == 0 || name.rfind("avg.", 0) == 0) names.insert(name);
+    if (name.rfind("adam.", 0) == 0 || name.rfind("avg.", 0) == 0 || name.rfind("osc.", 0) == 0) names.insert(name);
   return names;
 }
 

@@ -584,47 +584,73 @@ class qat_model {
     f(p.decoder.W);
   }
 
+  /// What prepare() made of one shadow tensor that is itself a quantized value: its
+  /// fake-quantized values, the straight-through mask, the point that quantized it, and the
+  /// tensor's inner size (values per head row, for per-head points).
+  struct quantized_view {
+    std::string name;  ///< the tensor's name in checkpoints
+    const std::vector<float>& quantized;
+    const std::vector<float>& mask;
+    const point_quantizer& point;
+    std::size_t inner;
+  };
+  /// f(view, get) for every shadow that is itself quantized - every Linear weight, C̄ (re, im),
+  /// D, and B̄ and Ā where they are trained as values (not under continuous, not B̄ when folded)
+  /// - whose point is active. get(params) returns that tensor of a qat_params (the shadows or
+  /// gradients of the same layout), const or not. Biases, norms, and A and dt under continuous
+  /// are not quantized values and are not visited.
+  template <class F>
+  void for_each_quantized_shadow(const qat_prepared& pp, F&& f) const {
+    const auto visit = [&](std::string name, const std::vector<float>& q, const std::vector<float>& m,
+                           const point_quantizer& pq, std::size_t inner, auto get) {
+      if (pq.active()) f(quantized_view{std::move(name), q, m, pq, inner}, get);
+    };
+    visit("encoder.weight", pp.enc.W, pp.m_w_enc, pp.q_w_enc, shadows.encoder.in,
+          [](auto& p) -> auto& { return p.encoder.W; });
+    const std::size_t M = shape().modes();
+    for (std::size_t li = 0; li < shadows.layers.size(); ++li) {
+      const auto& pl = pp.layers[li];
+      const std::string k = "s4_layers." + std::to_string(li) + ".";
+      if (shadows.param == abar_parameterization::discrete) {
+        visit(k + "kernel.Abar_re", pl.abar_re, pl.m_a0, pl.q_abar, M, [li](auto& p) -> auto& { return p.layers[li].abar0; });
+        visit(k + "kernel.Abar_im", pl.abar_im, pl.m_a1, pl.q_abar, M, [li](auto& p) -> auto& { return p.layers[li].abar1; });
+      } else if (shadows.param == abar_parameterization::polar) {
+        visit(k + "kernel.Abar_mag", pl.mag_q, pl.m_a0, pl.q_abar, M, [li](auto& p) -> auto& { return p.layers[li].abar0; });
+        visit(k + "kernel.Abar_phase", pl.phase_q, pl.m_a1, pl.q_abar_phase, M,
+              [li](auto& p) -> auto& { return p.layers[li].abar1; });
+      }
+      if (!shadows.bbar_folded && shadows.param != abar_parameterization::continuous) {
+        visit(k + "kernel.Bbar_re", pl.bbar_re, pl.m_bre, pl.q_bbar, M, [li](auto& p) -> auto& { return p.layers[li].bbar_re; });
+        visit(k + "kernel.Bbar_im", pl.bbar_im, pl.m_bim, pl.q_bbar, M, [li](auto& p) -> auto& { return p.layers[li].bbar_im; });
+      }
+      visit(k + "kernel.C_re", pl.c_re, pl.m_cre, pl.q_cbar, M, [li](auto& p) -> auto& { return p.layers[li].ssm.C_re; });
+      visit(k + "kernel.C_im", pl.c_im, pl.m_cim, pl.q_cbar, M, [li](auto& p) -> auto& { return p.layers[li].ssm.C_im; });
+      visit(k + "D", pl.d, pl.m_d, pl.q_d, 1, [li](auto& p) -> auto& { return p.layers[li].ssm.D; });
+      visit(k + "output_linear.0.weight", pl.out.W, pl.m_w_out, pl.q_w_out, shadows.layers[li].out.in,
+            [li](auto& p) -> auto& { return p.layers[li].out.W; });
+    }
+    visit("decoder.weight", pp.dec.W, pp.m_w_dec, pp.q_w_dec, shadows.decoder.in,
+          [](auto& p) -> auto& { return p.decoder.W; });
+  }
+
   /// Oscillation dampening (after Nagel et al. 2022, "Overcoming Oscillations in
   /// Quantization-Aware Training"): adds the gradient of (lambda / 2) sum ((w - q(w)) / s)^2,
   /// q held constant and s the step of w's quantizer (per head where it is per head), to every
-  /// shadow that is itself quantized, where its straight-through mask passes. Low-bit shadows
-  /// near a rounding threshold flip between two grid points from step to step; the term pulls
-  /// them toward the grid point they round to. Measured in steps, one lambda weighs alike on
-  /// tensors whose steps differ by orders of magnitude (B̄'s values are small, the Linear
-  /// weights' are not).
-  /// Shadows that are not quantized values themselves (biases, norms; A and dt under
-  /// continuous) get nothing.
+  /// shadow that is itself quantized (for_each_quantized_shadow), where its straight-through
+  /// mask passes. Low-bit shadows near a rounding threshold flip between two grid points from
+  /// step to step; the term pulls them toward the grid point they round to. Measured in steps,
+  /// one lambda weighs alike on tensors whose steps differ by orders of magnitude (B̄'s values
+  /// are small, the Linear weights' are not).
   void add_dampening(const qat_prepared& pp, float lambda, qat_params& grads) const {
-    const auto pull = [lambda](const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& mask,
-                               const point_quantizer& pq, std::size_t inner, std::vector<float>& g) {
-      if (!pq.active()) return;
+    for_each_quantized_shadow(pp, [&](const quantized_view& v, auto get) {
+      const std::vector<float>& w = get(shadows);
+      std::vector<float>& g = get(grads);
       for (std::size_t i = 0; i < w.size(); ++i) {
-        const float s = pq.params.size() == 1 ? pq.params[0].scale : pq.params[(i / inner) % pq.heads].scale;
-        g[i] += lambda * mask[i] * (w[i] - q[i]) / (s * s);
+        const float s = v.point.params.size() == 1 ? v.point.params[0].scale
+                                                    : v.point.params[(i / v.inner) % v.point.heads].scale;
+        g[i] += lambda * v.mask[i] * (w[i] - v.quantized[i]) / (s * s);
       }
-    };
-    pull(shadows.encoder.W, pp.enc.W, pp.m_w_enc, pp.q_w_enc, shadows.encoder.in, grads.encoder.W);
-    pull(shadows.decoder.W, pp.dec.W, pp.m_w_dec, pp.q_w_dec, shadows.decoder.in, grads.decoder.W);
-    const std::size_t M = shape().modes();
-    for (std::size_t li = 0; li < shadows.layers.size(); ++li) {
-      const auto& s = shadows.layers[li];
-      const auto& pl = pp.layers[li];
-      auto& g = grads.layers[li];
-      pull(s.out.W, pl.out.W, pl.m_w_out, pl.q_w_out, s.out.in, g.out.W);
-      pull(s.ssm.C_re, pl.c_re, pl.m_cre, pl.q_cbar, M, g.ssm.C_re);
-      pull(s.ssm.C_im, pl.c_im, pl.m_cim, pl.q_cbar, M, g.ssm.C_im);
-      pull(s.ssm.D, pl.d, pl.m_d, pl.q_d, 1, g.ssm.D);
-      if (shadows.param == abar_parameterization::continuous) continue;  // B̄ and Ā are derived
-      pull(s.bbar_re, pl.bbar_re, pl.m_bre, pl.q_bbar, M, g.bbar_re);
-      pull(s.bbar_im, pl.bbar_im, pl.m_bim, pl.q_bbar, M, g.bbar_im);
-      if (shadows.param == abar_parameterization::discrete) {
-        pull(s.abar0, pl.abar_re, pl.m_a0, pl.q_abar, M, g.abar0);
-        pull(s.abar1, pl.abar_im, pl.m_a1, pl.q_abar, M, g.abar1);
-      } else if (shadows.param == abar_parameterization::polar) {
-        pull(s.abar0, pl.mag_q, pl.m_a0, pl.q_abar, M, g.abar0);
-        pull(s.abar1, pl.phase_q, pl.m_a1, pl.q_abar_phase, M, g.abar1);
-      }
-    }
+    });
   }
 
  private:

@@ -22,6 +22,7 @@
 #include "../train/parameter_average.hpp"
 #include "../train/progress.hpp"
 #include "../train/trainer.hpp"
+#include "oscillation_freeze.hpp"
 #include "qat_model.hpp"
 
 namespace ssmq::quant {
@@ -56,6 +57,9 @@ struct qat_options {
   /// tiny steps flip them between two levels (docs/qat.md, "Freezing the weights").
   std::size_t freeze_weights_after = 0;
   distillation_options distill;  ///< off by default (the paper's pipeline: labels only)
+  /// Off by default; when active, qat_train needs an oscillation_freezer (values that oscillate
+  /// between two levels are frozen one by one, oscillation_freeze.hpp).
+  oscillation_options oscillation;
 };
 
 /// Per-thread buffers of a QAT run, kept across steps.
@@ -73,10 +77,11 @@ struct qat_step_result {
 
 /// One optimisation step on batch `b`.
 /// With `weights_frozen` the Linear weights get no gradient and keep their values through the
-/// step (qat_options::freeze_weights_after; Adam's momentum would still move them).
+/// step (qat_options::freeze_weights_after; Adam's momentum would still move them). With a
+/// `freezer` its frozen values get no gradient and are held, and it observes the step.
 inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt, const data::batch& b,
                                       const qat_options& o, double lr_scale, qat_workspace& ws,
-                                      bool weights_frozen = false) {
+                                      bool weights_frozen = false, oscillation_freezer* freezer = nullptr) {
   const std::size_t C = model.shape().classes;
   const qat_prepared pp = model.prepare();
   if (ws.caches.size() != o.threads) {
@@ -121,6 +126,7 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   for (std::size_t t = 1; t < o.threads; ++t) ws.grads[0].add(ws.grads[t]);
   model.finish_backward(pp, ws.grads[0], ws.shadow_grads);
   if (o.dampening > 0.0) model.add_dampening(pp, static_cast<float>(o.dampening), ws.shadow_grads);
+  if (freezer) freezer->mask_gradients(model, pp, ws.shadow_grads);
   std::vector<std::vector<float>> held;
   if (weights_frozen) {
     qat_model::for_each_linear_weight(ws.shadow_grads, [](std::vector<float>& g) { std::fill(g.begin(), g.end(), 0.0f); });
@@ -129,6 +135,7 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   opt.step(model.shadows, ws.shadow_grads, lr_scale);
   std::size_t k = 0;
   if (weights_frozen) qat_model::for_each_linear_weight(model.shadows, [&](std::vector<float>& w) { w = held[k++]; });
+  if (freezer) freezer->after_step(model);
   if (o.range_momentum > 0.0) model.track_ranges(ws.caches, o.range_momentum);
   qat_step_result r;
   for (std::size_t t = 0; t < o.threads; ++t) {
@@ -176,6 +183,7 @@ struct qat_epoch_stats {
   double lr = 0.0;
   double train_loss = 0.0, train_accuracy = 0.0;
   double state_clamp_rate = 0.0;  ///< fraction of state values the clamp changed
+  std::size_t frozen_values = 0;  ///< held by the oscillation freezer at the end of the epoch
   train::eval_result validation;
   double seconds = 0.0;
   double samples_per_second = 0.0;
@@ -199,11 +207,12 @@ using shadow_average = train::parameter_average<qat_params>;
 
 /// Trains for o.epochs (from o.first_epoch), evaluating on `validation` (if given) after each
 /// epoch and calling on_epoch(stats) - where callers log, checkpoint and select. With an
-/// `average`, it follows every step and the validation figures are the average's.
+/// `average`, it follows every step and the validation figures are the average's. With
+/// o.oscillation active, `freezer` (made from the calibrated model, or restored) is required.
 inline void qat_train(qat_model& model, train::adam<float>& opt, const data::batcher& training,
                       const data::batcher* validation, const qat_options& o,
                       const std::function<void(const qat_epoch_stats&)>& on_epoch,
-                      shadow_average* average = nullptr) {
+                      shadow_average* average = nullptr, oscillation_freezer* freezer = nullptr) {
   if (o.threads == 0 || o.micro_batch == 0) throw std::invalid_argument("ssmq: threads and micro_batch must be >= 1");
   if (!model.calibrated()) throw std::logic_error("ssmq: calibrate the QAT model before training");
   if (o.distill.active() && o.distill.teacher_logits.size() != training.dataset().size() * model.shape().classes)
@@ -212,6 +221,8 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
                                 std::to_string(training.dataset().size() * model.shape().classes));
   if (o.distill.active() && !(o.distill.weight <= 1.0))
     throw std::invalid_argument("ssmq: the distillation weight must lie in (0, 1]");
+  if (o.oscillation.active() != (freezer != nullptr))
+    throw std::invalid_argument("ssmq: pass an oscillation_freezer exactly when qat_options::oscillation is active");
   qat_workspace ws;
   const std::size_t per_epoch = training.dataset().size();
   train::progress prog("qat", (o.epochs - o.first_epoch) * per_epoch, "samples");
@@ -230,7 +241,7 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     const bool frozen = o.freeze_weights_after > 0 && e >= o.freeze_weights_after;
     if (frozen && e == o.freeze_weights_after) model.snap_weights();  // a resumed run is past it
     training.for_each_batch(e, [&](const data::batch& b) {
-      const auto r = qat_train_step(model, opt, b, o, scale, ws, frozen);
+      const auto r = qat_train_step(model, opt, b, o, scale, ws, frozen, freezer);
       if (average) average->update(model.shadows);
       loss += r.loss;
       ok += r.correct;
@@ -247,6 +258,7 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     st.samples_per_second = static_cast<double>(seen) / st.seconds;
     st.train_loss = loss / static_cast<double>(seen);
     st.train_accuracy = static_cast<double>(ok) / static_cast<double>(seen);
+    st.frozen_values = freezer ? freezer->frozen_total() : 0;
     st.state_clamp_rate = steps ? static_cast<double>(clamped) / (static_cast<double>(steps) * state_values_per_seq) : 0.0;
     if (validation && average)
       st.validation = with_shadows(model, average->values(), [&] { return qat_evaluate(model, *validation, o.threads); });
