@@ -42,6 +42,9 @@ RECIPES = {
     "frozen-fw7": "`frozen` with the Linear weights kept on their grid points after epoch 7 (`--freeze-weights-after 7`): C̄, D and the biases train on for the last 3 epochs",
     "frozen-fw7-kd1": "`frozen-fw7` taught by the float model: the loss is the distillation loss T^2 KL(softmax(t/T) || softmax(z/T)) against the float model's logits t, at T = 1, instead of the labels' cross-entropy (`--distill 1`)",
     "frozen-fw7-kd0.5T2": "`frozen-fw7` with half the labels' cross-entropy and half the distillation loss at T = 2 (`--distill 0.5 --distill-temperature 2`)",
+    "frozen-osc0.02": "`frozen` with iterative freezing (`--freeze-oscillating 0.02`): a quantized value whose moving-average frequency of level flips back (momentum 0.01 per step) exceeds 0.02 per step is frozen at its mean level for the rest of the run",
+    "frozen-osc0.005": "`frozen-osc0.02` with the threshold 0.005 (`--freeze-oscillating 0.005`)",
+    "frozen-osc0.05": "`frozen-osc0.02` with the threshold 0.05 (`--freeze-oscillating 0.05`)",
 }
 
 
@@ -123,7 +126,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -241,7 +244,7 @@ def main():
     # B̄ folded into C̄: each fold run beside the unfolded runs it replaces.
     w("## B̄ folded into C̄ (`Cbar<b>f`: the same function, one quantized product)")
     w("")
-    fold_rows = [(name, r) for name, r in sorted(runs.items()) if name.startswith("fold") and "-fw" not in name]
+    fold_rows = [(name, r) for name, r in sorted(runs.items()) if re.fullmatch(r"fold\w*-(x12|wide)-frozen-s\d+", name)]
     if fold_rows:
         w("One input per head makes only the product C̄_n B̄_n matter, so B̄ folds into C̄ exactly and keeps")
         w("one float per head ([../precision.md](../precision.md), \"Folding B̄ into C̄\"). `Cbar8f` spends the")
@@ -296,6 +299,31 @@ def main():
             w(f"| {seed} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | {bcells} |")
     else:
         w("Not run yet (`tools/qat-runs freeze`).")
+    w("")
+
+    # Every recipe tried on the small model, seed by seed: how stable validation ends up.
+    w("## Recipes against the swings (`Abar8_Cbar4f_D4_x12_ssm8_W4_act8`, frozen, 10 epochs)")
+    w("")
+    small = [(m.group(1) or "", int(m.group(2)), r) for name, r in runs.items()
+             if (m := re.fullmatch(r"fold4-wide-frozen(?:-(.+))?-s(\d+)", name))]
+    if small:
+        w("Validation swings between epochs come from single 4-bit values flipping between two levels")
+        w("([../qat.md](../qat.md), \"Freezing oscillating values\"). Each recipe on the shipped configuration; the")
+        w("swing column is the range of validation accuracy over epochs 8-10, the frozen column the")
+        w("values `--freeze-oscillating` holds at the end.")
+        w("")
+        w("| recipe | seed | best val % (epoch) | test % | val % in epochs 8-10 (min - max) | values frozen |")
+        w("|---|--:|--:|--:|--:|--:|")
+        for rec, seed, r in sorted(small, key=lambda t: (t[0] != "", t[0], t[1])):
+            log = read_csv(os.path.join(RES, "qat-logs", f"{r['name']}.csv"))
+            late = [float(x["val_accuracy"]) for x in log if x["epoch"] in ("8", "9", "10")]
+            swing = f"{100 * min(late):.2f} - {100 * max(late):.2f}" if late else "-"
+            frozen = log[-1].get("frozen_values") if log else None
+            label = "frozen" + ("-" + rec if rec else "")
+            w(f"| {recipe_label(label)} | {seed} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | "
+              f"{swing} | {frozen if frozen not in (None, '') else '-'} |")
+    else:
+        w("Not run yet (`tools/qat-runs fseeds freeze distill oscillate`).")
     w("")
 
     # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.
