@@ -45,6 +45,8 @@ RECIPES = {
     "frozen-osc0.02": "`frozen` with iterative freezing (`--freeze-oscillating 0.02`): a quantized value whose moving-average frequency of level flips back (momentum 0.01 per step) exceeds 0.02 per step is frozen at its mean level for the rest of the run",
     "frozen-osc0.005": "`frozen-osc0.02` with the threshold 0.005 (`--freeze-oscillating 0.005`)",
     "frozen-osc0.05": "`frozen-osc0.02` with the threshold 0.05 (`--freeze-oscillating 0.05`)",
+    "frozen-osc0.1": "`frozen-osc0.02` with the threshold 0.1 (`--freeze-oscillating 0.1`)",
+    "frozen-osc0.05-e20": "`frozen-osc0.05` for 20 epochs (the cosine schedule over all 20)",
 }
 
 
@@ -302,25 +304,26 @@ def main():
     w("")
 
     # Every recipe tried on the small model, seed by seed: how stable validation ends up.
-    w("## Recipes against the swings (`Abar8_Cbar4f_D4_x12_ssm8_W4_act8`, frozen, 10 epochs)")
+    w("## Recipes against the swings (B̄ folded into a 4-bit C̄, act8, frozen)")
     w("")
     small = [(m.group(1) or "", int(m.group(2)), r) for name, r in runs.items()
-             if (m := re.fullmatch(r"fold4-wide-frozen(?:-(.+))?-s(\d+)", name))]
+             if (m := re.fullmatch(r"fold4h?-wide-frozen(?:-(.+))?-s(\d+)", name))]
     if small:
         w("Validation swings between epochs come from single 4-bit values flipping between two levels")
-        w("([../qat.md](../qat.md), \"Freezing oscillating values\"). Each recipe on the shipped configuration; the")
-        w("swing column is the range of validation accuracy over epochs 8-10, the frozen column the")
+        w("([../qat.md](../qat.md), \"Freezing oscillating values\"). Each recipe on the shipped configuration")
+        w("(and one with per-channel weights, `W4h`); 10 epochs unless the recipe says otherwise. The")
+        w("swing column is the range of validation accuracy over the last 3 epochs, the frozen column the")
         w("values `--freeze-oscillating` holds at the end.")
         w("")
-        w("| recipe | seed | best val % (epoch) | test % | val % in epochs 8-10 (min - max) | values frozen |")
-        w("|---|--:|--:|--:|--:|--:|")
-        for rec, seed, r in sorted(small, key=lambda t: (t[0] != "", t[0], t[1])):
+        w("| configuration | recipe | seed | best val % (epoch) | test % | val % in the last 3 epochs (min - max) | values frozen |")
+        w("|---|---|--:|--:|--:|--:|--:|")
+        for rec, seed, r in sorted(small, key=lambda t: (t[2]["config"], t[0] != "", t[0], t[1])):
             log = read_csv(os.path.join(RES, "qat-logs", f"{r['name']}.csv"))
-            late = [float(x["val_accuracy"]) for x in log if x["epoch"] in ("8", "9", "10")]
+            late = [float(x["val_accuracy"]) for x in log[-3:] if x["epoch"] != "0"]
             swing = f"{100 * min(late):.2f} - {100 * max(late):.2f}" if late else "-"
             frozen = log[-1].get("frozen_values") if log else None
             label = "frozen" + ("-" + rec if rec else "")
-            w(f"| {recipe_label(label)} | {seed} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | "
+            w(f"| `{r['config']}` | {recipe_label(label)} | {seed} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | "
               f"{swing} | {frozen if frozen not in (None, '') else '-'} |")
     else:
         w("Not run yet (`tools/qat-runs fseeds freeze distill oscillate`).")
