@@ -128,7 +128,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate oseeds omore")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -426,8 +426,9 @@ def main():
     configs = {}
     for name, r in runs.items():
         if r["epochs"] == "10" or name.startswith("search-"):
-            m = re.fullmatch(r"(?:search-)?[^-]+-(.+?)(?:-s\d+)?", name)
-            recipe = state_width(m.group(1))[1] if m else r["param"]
+            # The recipe starts at the parameterization (names carry one or two prefixes first).
+            m = re.search(r"-((?:discrete|continuous|frozen|polar).*?)(?:-s\d+)?$", name)
+            recipe = m.group(1) if m else r["param"]
             # A state percentile (x8p99.9) and the flag i on Ā are part of the recipe, not of
             # the footprint.
             config = re.sub(r"(Abar\d+)i", r"\1", re.sub(r"p\d+(?:\.\d+)?", "", r["config"]))
