@@ -243,9 +243,14 @@ int run_ptq(const ptq_args& a) {
   std::printf("configuration %s%s: %s accuracy %.4f (%.2f %%), loss %.4f on %zu sequences\n", name.c_str(),
               cf == ssmq::quant::complex_format::polar ? " polar" : "", a.split.c_str(), r.accuracy, 100.0 * r.accuracy,
               r.loss, r.count);
+  const auto dense = ssmq::memory_footprint(spec, ck.model.shape(), ssmq::packing::dense);
   std::printf("footprint: parameters %zu B, state %zu B, quantization parameters %zu B, total %zu B (%.2fx smaller than float32)\n",
               fp.parameter_bytes, fp.state_bytes, fp.qparam_bytes, fp.total(),
               static_cast<double>(f32.total()) / static_cast<double>(fp.total()));
+  std::printf("parameters: %.2fx smaller than float32 in byte slots; %zu B, %.2fx, densely packed (each value at exactly "
+              "its bit-width)\n",
+              static_cast<double>(f32.parameter_bytes) / static_cast<double>(fp.parameter_bytes), dense.parameter_bytes,
+              static_cast<double>(f32.parameter_bytes) / static_cast<double>(dense.parameter_bytes));
   const auto rep = q.stability();
   std::printf("stability: %zu modes with |Abar| >= 1 after quantization\n", rep.unstable_modes());
   for (std::size_t l = 0; l < rep.layers.size(); ++l)

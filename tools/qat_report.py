@@ -46,6 +46,7 @@ RECIPES = {
     "frozen-osc0.005": "`frozen-osc0.02` with the threshold 0.005 (`--freeze-oscillating 0.005`)",
     "frozen-osc0.05": "`frozen-osc0.02` with the threshold 0.05 (`--freeze-oscillating 0.05`)",
     "frozen-osc0.1": "`frozen-osc0.02` with the threshold 0.1 (`--freeze-oscillating 0.1`)",
+    "frozen-i-osc0.05": "`frozen-i` with `--freeze-oscillating 0.05`",
     "frozen-osc0.05-e20": "`frozen-osc0.05` for 20 epochs (the cosine schedule over all 20)",
 }
 
