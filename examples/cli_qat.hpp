@@ -39,6 +39,7 @@ struct qat_args {
   std::size_t freeze_weights_after = 0;  // 0: the Linear weights train to the end
   double distill = 0.0, distill_temperature = 1.0;  // distill 0: labels only
   double freeze_oscillating = 0.0, oscillation_momentum = 0.01;  // 0: no value is frozen for oscillating
+  std::size_t freeze_oscillating_from = 0;  // the first epoch (0-based) in which values may be frozen
   std::uint64_t seed = 0;
   bool resume = false;
 };
@@ -82,6 +83,8 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
   cmd->add_option("--freeze-oscillating", a.freeze_oscillating,
                   "0: off (default); f in (0, 1]: a quantized value whose moving-average oscillation frequency (level "
                   "flips back per step) exceeds f is frozen at its mean level for the rest of the run");
+  cmd->add_option("--freeze-oscillating-from", a.freeze_oscillating_from,
+                  "values are frozen only after this many epochs (default 0); their frequencies are tracked from the start");
   cmd->add_option("--oscillation-momentum", a.oscillation_momentum,
                   "momentum of the moving averages of --freeze-oscillating (default 0.01, about 100 steps)");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
@@ -90,7 +93,7 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
 }
 
 inline std::string qat_fingerprint(const qat_args& a) {
-  char buf[384];
+  char buf[640];
   std::snprintf(buf, sizeof buf, "config=%s param=%s epochs=%zu batch=%zu lr=%.17g seed=%llu threads=%zu micro=%zu calib=%zux%zu limit=%zu",
                 a.config.c_str(), a.param.c_str(), a.epochs, a.batch, a.lr, static_cast<unsigned long long>(a.seed),
                 a.threads, a.micro_batch, a.calib_batches, a.calib_batch, a.train_limit);
@@ -111,6 +114,8 @@ inline std::string qat_fingerprint(const qat_args& a) {
   if (a.freeze_oscillating > 0.0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " oscillating=%.17g momentum=%.17g",
                   a.freeze_oscillating, a.oscillation_momentum);
+  if (a.freeze_oscillating > 0.0 && a.freeze_oscillating_from > 0)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " oscillating_from=%zu", a.freeze_oscillating_from);
   return buf;
 }
 
@@ -155,7 +160,8 @@ inline int run_qat(const qat_args& a) {
   o.range_momentum = a.range_momentum;
   o.dampening = a.dampen;
   o.freeze_weights_after = a.freeze_weights_after;
-  o.oscillation = {.threshold = a.freeze_oscillating, .momentum = a.oscillation_momentum};
+  o.oscillation = {.threshold = a.freeze_oscillating, .momentum = a.oscillation_momentum,
+                   .from_epoch = a.freeze_oscillating_from};
   std::vector<float> teacher;  // the float model's logits on the training split, in order
   if (a.distill > 0.0) {
     ssmq::data::batcher in_order(split.train, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});

@@ -1034,3 +1034,30 @@ TEST_CASE("oscillation freezing: a level that flips back is frozen at its mean l
   CHECK_THROWS_WITH_AS(ssmq::quant::oscillation_freezer(q, {.threshold = 0.1, .momentum = 1.5}),
                        doctest::Contains("momentum"), std::invalid_argument);
 }
+
+TEST_CASE("oscillation freezing from a later epoch: frequencies are tracked, nothing is frozen before it") {
+  const auto train_set = ssmq_test::synthetic(60, 61);
+  const auto norm = ssmq::data::compute_normalisation(train_set);
+  ssmq::data::batcher tb(train_set, norm, {10, ssmq::data::batch_order::shuffled, 5, false});
+  const auto model = pretrained_tiny(tb);
+  auto frozen_per_epoch = [&](std::size_t from_epoch) {
+    ssmq::quant::qat_model q(model, ssmq::precision_from_name("Abar8_Cbar3f_D4_x12_ssm8_W3_act8"),
+                             abar_parameterization::frozen);
+    q.calibrate(tb, 2, 1);
+    auto o = tiny_options(3, 2, 5, 5e-2);
+    o.oscillation = {.threshold = 0.05, .momentum = 0.3, .from_epoch = from_epoch};
+    ssmq::quant::oscillation_freezer fz(q, o.oscillation);
+    ssmq::train::adam<float> opt(q.shadows, o.adam);
+    std::vector<std::size_t> n;
+    ssmq::quant::qat_train(q, opt, tb, nullptr, o, [&](const ssmq::quant::qat_epoch_stats& st) { n.push_back(st.frozen_values); },
+                           nullptr, &fz);
+    return n;
+  };
+  const auto early = frozen_per_epoch(0), late = frozen_per_epoch(2);
+  REQUIRE(early.size() == 3);
+  REQUIRE(late.size() == 3);
+  CHECK(early[0] > 0);  // from the start, values freeze in the first epoch
+  CHECK(late[0] == 0);
+  CHECK(late[1] == 0);
+  CHECK(late[2] > 0);  // tracked all along: frequencies above the threshold freeze at once
+}

@@ -24,6 +24,10 @@ namespace ssmq::quant {
 struct oscillation_options {
   double threshold = 0.0;  ///< 0: off; else the oscillation frequency (events per step) that freezes a value
   double momentum = 0.01;  ///< of the moving averages of the events and of the level (about 1/m steps)
+  /// Values are frozen only from this epoch (0-based) on; frequencies are tracked from the
+  /// start. A run that starts from a PTQ collapse changes most levels in its first epoch, and
+  /// freezing then locks in levels of the collapse.
+  std::size_t from_epoch = 0;
   [[nodiscard]] bool active() const noexcept { return threshold > 0.0; }
 };
 
@@ -63,9 +67,12 @@ class oscillation_freezer {
     });
   }
 
+  /// Whether after_step may freeze values (qat_train sets it per epoch from from_epoch).
+  void allow_freezing(bool on) noexcept { freezing_ = on; }
+
   /// After the optimizer step: puts the frozen shadows back, then updates every other value's
-  /// level, oscillation frequency and mean level, and freezes those above the threshold at
-  /// the grid point of their rounded mean level.
+  /// level, oscillation frequency and mean level, and (when allowed) freezes those above the
+  /// threshold at the grid point of their rounded mean level.
   void after_step(qat_model& model) {
     hold(model, model.prepare());
     const qat_prepared pp = model.prepare();
@@ -87,7 +94,7 @@ class oscillation_freezer {
         t.level[i] = lv;
         t.frequency[i] = m * event + (1.0f - m) * t.frequency[i];
         t.mean_level[i] = m * lv + (1.0f - m) * t.mean_level[i];
-        if (t.frequency[i] > static_cast<float>(o_.threshold)) {
+        if (freezing_ && t.frequency[i] > static_cast<float>(o_.threshold)) {
           const affine_params& p = params_of(v, i);
           const int_limits lim = v.point.spec.limits();
           const double q = std::clamp(std::nearbyint(static_cast<double>(t.mean_level[i])), static_cast<double>(lim.qmin),
@@ -159,6 +166,7 @@ class oscillation_freezer {
     return static_cast<float>(std::nearbyint(static_cast<double>(v.quantized[i]) / p.scale) + p.zero_point);
   }
   oscillation_options o_;
+  bool freezing_ = true;
   std::vector<tensor> tensors_;
 };
 

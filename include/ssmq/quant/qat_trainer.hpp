@@ -240,6 +240,7 @@ inline void qat_train(qat_model& model, train::adam<float>& opt, const data::bat
     const auto t0 = train::progress::clock::now();
     const bool frozen = o.freeze_weights_after > 0 && e >= o.freeze_weights_after;
     if (frozen && e == o.freeze_weights_after) model.snap_weights();  // a resumed run is past it
+    if (freezer) freezer->allow_freezing(e >= o.oscillation.from_epoch);
     training.for_each_batch(e, [&](const data::batch& b) {
       const auto r = qat_train_step(model, opt, b, o, scale, ws, frozen, freezer);
       if (average) average->update(model.shadows);
