@@ -1005,18 +1005,18 @@ TEST_CASE("oscillation freezing: a level that flips back is frozen at its mean l
   // twice: no reversal, no event.
   W[flip] = at(L + 0.6);
   W[drift] = at(K + 0.6);
-  fz.after_step(q);
+  fz.after_step(q, q.prepare());
   CHECK(fz.frozen_total() == 0);
   W[flip] = at(L + 0.1);
   W[drift] = at(K + 1.6);
-  fz.after_step(q);
+  fz.after_step(q, q.prepare());
   CHECK(fz.frozen_total() == 1);
   CHECK(W[flip] == at(L));  // put on the grid point of its mean level
   // Held: a later step that moves it is undone, and its gradient is zeroed; the drifting value
   // moves up a third time and stays free.
   W[flip] = at(L + 1.0);
   W[drift] = at(K + 2.6);
-  fz.after_step(q);
+  fz.after_step(q, q.prepare());
   CHECK(W[flip] == at(L));
   CHECK(W[drift] == at(K + 2.6));
   CHECK(fz.frozen_total() == 1);

@@ -72,9 +72,10 @@ class oscillation_freezer {
 
   /// After the optimizer step: puts the frozen shadows back, then updates every other value's
   /// level, oscillation frequency and mean level, and (when allowed) freezes those above the
-  /// threshold at the grid point of their rounded mean level.
-  void after_step(qat_model& model) {
-    hold(model, model.prepare());
+  /// threshold at the grid point of their rounded mean level. `before`: the step's prepare()
+  /// (it names the tensors to hold; the levels come from a prepare() after the hold).
+  void after_step(qat_model& model, const qat_prepared& before) {
+    hold(model, before);
     const qat_prepared pp = model.prepare();
     const float m = static_cast<float>(o_.momentum);
     std::size_t k = 0;
@@ -134,7 +135,6 @@ class oscillation_freezer {
     for (const auto& c : frozen_counts()) n += c.second;
     return n;
   }
-  [[nodiscard]] const oscillation_options& options() const noexcept { return o_; }
 
   /// f(name, std::vector<float>&) for every piece of state ("<tensor>.<field>"): what a
   /// resumed run must restore to continue bit-identically.

@@ -135,7 +135,7 @@ inline qat_step_result qat_train_step(qat_model& model, train::adam<float>& opt,
   opt.step(model.shadows, ws.shadow_grads, lr_scale);
   std::size_t k = 0;
   if (weights_frozen) qat_model::for_each_linear_weight(model.shadows, [&](std::vector<float>& w) { w = held[k++]; });
-  if (freezer) freezer->after_step(model);
+  if (freezer) freezer->after_step(model, pp);
   if (o.range_momentum > 0.0) model.track_ranges(ws.caches, o.range_momentum);
   qat_step_result r;
   for (std::size_t t = 0; t < o.threads; ++t) {
