@@ -134,6 +134,9 @@ inline int run_qat(const qat_args& a) {
     throw std::invalid_argument("ssmq qat --freeze-weights-after: " + std::to_string(a.freeze_weights_after) +
                                 " leaves no epoch with frozen weights out of --epochs " + std::to_string(a.epochs) +
                                 " (0: off)");
+  if (!(a.freeze_oscillating >= 0.0 && a.freeze_oscillating <= 1.0))
+    throw std::invalid_argument("ssmq qat --freeze-oscillating: the threshold must lie in [0, 1] (0: off), not " +
+                                std::to_string(a.freeze_oscillating));
   if (!(a.distill >= 0.0 && a.distill <= 1.0))
     throw std::invalid_argument("ssmq qat --distill: the weight must lie in [0, 1] (0: off), not " + std::to_string(a.distill));
   if (!(a.distill_temperature > 0.0 && std::isfinite(a.distill_temperature)))
