@@ -3,6 +3,8 @@
 //   ssmq eval  --model models/m.safetensors --data data/mnist [--mode conv|recurrent --split test]
 //   ssmq qat   --model models/m.safetensors --config all8 --param discrete --out runs/q.safetensors
 //   ssmq ptq   --model models/m.safetensors --config Abar8_x8_W4_act6 [--complex re_im|polar --out q.safetensors]
+//   ssmq prune --model models/m.safetensors --keep 24 --out runs/m-k24.safetensors
+//   ssmq train --from runs/m-k24.safetensors --out runs/m-k24-ft.safetensors --epochs 5 --lr 0.001
 // eval also takes a quantized model file written by `ptq --out` (evaluated in recurrent mode).
 // Training selects the epoch with the best validation accuracy (never the test split), logs
 // one CSV row per epoch, saves a resumable training state every epoch (--resume continues it
@@ -24,6 +26,7 @@
 #include <ssmq/io/training_state.hpp>
 #include <ssmq/precision/footprint.hpp>
 #include <ssmq/quant/fake_quant_model.hpp>
+#include <ssmq/s4d/prune.hpp>
 #include <ssmq/train/trainer.hpp>
 
 #include "cli_qat.hpp"
@@ -33,7 +36,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct train_args {
-  std::string data = "data/mnist", out, log, init = "lin", mode = "conv", norm = "none", disc = "zoh";
+  std::string data = "data/mnist", out, log, init = "lin", mode = "conv", norm = "none", disc = "zoh", from;
   std::size_t epochs = 30, batch = 512, threads = 2, micro_batch = 64, layers = 1, heads = 16, state_size = 64;
   std::size_t val_size = 10'000, train_limit = 0;
   double lr = 0.01, ssm_lr = 0.001, wd = 0.0, clip = 0.0, dropout = 0.0;
@@ -44,6 +47,11 @@ struct train_args {
 struct eval_args {
   std::string model, data = "data/mnist", mode = "conv", split = "test", logits_csv;
   std::size_t threads = 2, batch = 500, val_size = 10'000, limit = 0;
+};
+
+struct prune_args {
+  std::string model, out;
+  std::size_t keep = 0, length = 784;
 };
 
 struct ptq_args {
@@ -87,14 +95,17 @@ std::string fingerprint(const train_args& a) {
   std::snprintf(buf, sizeof buf, "epochs=%zu batch=%zu lr=%.17g ssm_lr=%.17g wd=%.17g clip=%.17g seed=%llu threads=%zu micro=%zu mode=%s limit=%zu",
                 a.epochs, a.batch, a.lr, a.ssm_lr, a.wd, a.clip, static_cast<unsigned long long>(a.seed), a.threads,
                 a.micro_batch, a.mode.c_str(), a.train_limit);
-  return buf;
+  return a.from.empty() ? std::string(buf) : std::string(buf) + " from=" + a.from;
 }
 
 int run_train(const train_args& a) {
   if (a.out.empty()) throw std::invalid_argument("ssmq train: --out is required");
   auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
   if (a.train_limit > 0 && a.train_limit < split.train.size()) (void)split.train.split_off(a.train_limit, "unused");
-  const auto norm = ssmq::data::compute_normalisation(split.train);
+  // Fine-tuning (--from) keeps the checkpoint's normalisation: its parameters were fitted to it.
+  std::optional<ssmq::io::model_checkpoint> start;
+  if (!a.from.empty()) start = ssmq::io::load_model(a.from);
+  const auto norm = start ? start->input_norm : ssmq::data::compute_normalisation(split.train);
   std::fprintf(stderr, "data: %zu train / %zu validation / %zu test sequences of length %zu, %zu classes; "
                        "input mean %.6f std %.6f\n",
                split.train.size(), split.validation.size(), split.test.size(), split.train.pixels_per_image(),
@@ -112,8 +123,17 @@ int run_train(const train_args& a) {
   if (a.norm != "none" && a.norm != "pre" && a.norm != "post") throw std::invalid_argument("ssmq: --norm must be none, pre or post");
   ssmq::model_options mo{a.disc == "bilinear" ? ssmq::discretization::bilinear : ssmq::discretization::zoh, a.dropout};
   ssmq::s4d_model<float> model(shape, mo);
-  std::mt19937_64 rng(a.seed);
-  ssmq::init_model(model.params, a.init == "inv" ? ssmq::s4d_init::inv : ssmq::s4d_init::lin, rng);
+  if (start) {  // the checkpoint's shape and discretisation; dropout is this run's
+    if (start->model.shape().classes < split.train.classes())
+      throw std::invalid_argument("ssmq train --from: the data has more classes than the model");
+    model = start->model;
+    model.options.dropout = a.dropout;
+    std::fprintf(stderr, "starting from %s (H %zu, N %zu, %zu layers)\n", a.from.c_str(), model.shape().heads,
+                 model.shape().state_size, model.shape().layers);
+  } else {
+    std::mt19937_64 rng(a.seed);
+    ssmq::init_model(model.params, a.init == "inv" ? ssmq::s4d_init::inv : ssmq::s4d_init::lin, rng);
+  }
 
   ssmq::train::train_options o;
   o.epochs = a.epochs;
@@ -172,6 +192,23 @@ int run_train(const train_args& a) {
   });
   std::fprintf(stderr, "best validation accuracy %.4f at epoch %zu; saved %s\n", best_acc, best_epoch + 1,
                out.string().c_str());
+  return 0;
+}
+
+/// Mode pruning (s4d/prune.hpp): writes the float model with `keep` modes per head and
+/// prints, per layer and head, how much the convolution kernel changed.
+int run_prune(const prune_args& a) {
+  const auto ck = ssmq::io::load_model(a.model);
+  std::vector<ssmq::pruned_layer> report;
+  const auto pruned = ssmq::prune_modes(ck.model, a.keep, a.length, &report);
+  std::printf("pruned %s: %zu -> %zu modes per head (N %zu -> %zu), kernels over L = %zu\n", a.model.c_str(),
+              ck.model.shape().modes(), a.keep, ck.model.shape().state_size, pruned.shape().state_size, a.length);
+  std::printf("| layer | head | relative kernel change ||K - K_pruned|| / ||K|| |\n|--:|--:|--:|\n");
+  for (std::size_t l = 0; l < report.size(); ++l)
+    for (std::size_t h = 0; h < report[l].relative_kernel_change.size(); ++h)
+      std::printf("| %zu | %zu | %.4f |\n", l, h, report[l].relative_kernel_change[h]);
+  ssmq::io::save_model(a.out, pruned, ck.input_norm);
+  std::printf("saved %s\n", a.out.c_str());
   return 0;
 }
 
@@ -299,6 +336,7 @@ int main(int argc, char** argv) {
   train->add_option("--val-size", ta.val_size);
   train->add_option("--train-limit", ta.train_limit, "use only the first N training sequences");
   train->add_flag("--resume", ta.resume, "continue the run whose state is <out>.train-state");
+  train->add_option("--from", ta.from, "fine-tune this float checkpoint (its shape; the shape options are ignored)");
   eval_args ea;
   auto* eval = app.add_subcommand("eval", "accuracy of a checkpoint, or of a quantized model file from ptq --out, on a split");
   eval->add_option("--model", ea.model)->required();
@@ -324,6 +362,12 @@ int main(int argc, char** argv) {
   ssmq_cli::qat_args qa;
   CLI::App* qat = nullptr;
   ssmq_cli::add_qat_command(app, qa, qat);
+  prune_args pr;
+  auto* prune = app.add_subcommand("prune", "keep the modes of each head that change its convolution kernel least");
+  prune->add_option("--model", pr.model, "float checkpoint")->required();
+  prune->add_option("--keep", pr.keep, "modes (complex, N/2) to keep per head")->required();
+  prune->add_option("--out", pr.out, "where to write the pruned float checkpoint")->required();
+  prune->add_option("--length", pr.length, "kernel length L the change is measured over (the sequence length)");
   std::string margins_model;
   auto* margins = app.add_subcommand("margins", "how close the quantized shadows of a QAT checkpoint sit to rounding thresholds");
   margins->add_option("--model", margins_model, "shadows written by ssmq qat --out")->required();
@@ -334,6 +378,7 @@ int main(int argc, char** argv) {
     if (*ptq) return run_ptq(pa);
     if (*qat) return ssmq_cli::run_qat(qa);
     if (*margins) return ssmq_cli::run_margins(margins_model);
+    if (*prune) return run_prune(pr);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
