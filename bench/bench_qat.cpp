@@ -3,10 +3,11 @@
 // and calibrated on random data (speed does not depend on the weights' values).
 //
 // Families:
-//   qat/scan_forward/{scalar,simd}/heads:16/modes:32/record:{0,1}
+//   qat/scan_forward/{scalar,simd}/heads:16/modes:{32,24}/record:{0,1}
 //       the fake-quantized SSM of one sequence over 784 steps (8-bit state), without and with
-//       recording states and mask codes for the backward pass; items = sequences.
-//   qat/scan_backward/{scalar,simd}/heads:16/modes:32
+//       recording states and mask codes for the backward pass; items = sequences. 24 modes (a
+//       model pruned by `ssmq prune`) leave a tail of a partial vector at 16 lanes (AVX-512).
+//   qat/scan_backward/{scalar,simd}/heads:16/modes:{32,24}
 //       its backpropagation through time; items = sequences.
 //   qat/train_step/config:<c>/batch:64/threads:<t>
 //       ssmq::quant::qat_train_step (prepare, forward and backward on micro-batches of 16 per
@@ -58,10 +59,10 @@ struct scan_fixture {
   std::vector<ssmq::affine_params> params;
   ssmq::quant::ssm_step_weights w{};
   ssmq::quant::state_quantizer q{};
-  scan_fixture() {
+  explicit scan_fixture(std::size_t modes) {
     std::mt19937_64 rng(3);
     std::normal_distribution<float> n(0.0f, 1.0f);
-    const std::size_t HM = kHeads * kModes;
+    const std::size_t HM = kHeads * modes;
     for (auto* v : {&ar, &ai, &br, &bi, &cr, &ci, &g_ar, &g_ai, &g_br, &g_bi, &g_cr, &g_ci}) v->resize(HM);
     for (std::size_t i = 0; i < HM; ++i) {
       const float mag = 0.95f, ph = 0.1f * n(rng);
@@ -78,19 +79,19 @@ struct scan_fixture {
     for (auto& v : gy) v = 1e-3f * n(rng);
     y.resize(kHeads * kLength);
     gz.resize(kHeads * kLength);
-    states.resize(kLength * kHeads * 2 * kModes);
-    codes.resize(kLength * kHeads * kModes);
+    states.resize(kLength * kHeads * 2 * modes);
+    codes.resize(kLength * kHeads * modes);
     ssmq::quant_spec spec;
     spec.bits = 8;
     for (std::size_t h = 0; h < kHeads; ++h) params.push_back(ssmq::params_from_range(-4.0f, 4.0f, spec));
-    w = {ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), kHeads, kModes};
+    w = {ar.data(), ai.data(), br.data(), bi.data(), cr.data(), ci.data(), kHeads, modes};
     q = {true, false, spec, params.data(), false, 50.0f, true};
   }
 };
 
 template <bool Simd>
-void scan_forward(benchmark::State& state, bool record) {
-  scan_fixture f;
+void scan_forward(benchmark::State& state, std::size_t modes, bool record) {
+  scan_fixture f(modes);
   for (auto _ : state) {
     benchmark::DoNotOptimize(ssmq::quant::qat_scan_forward<Simd>(f.w, f.q, f.z.data(), f.y.data(), kLength, kLength,
                                                                  record ? f.states.data() : nullptr,
@@ -101,8 +102,8 @@ void scan_forward(benchmark::State& state, bool record) {
 }
 
 template <bool Simd>
-void scan_backward(benchmark::State& state) {
-  scan_fixture f;
+void scan_backward(benchmark::State& state, std::size_t modes) {
+  scan_fixture f(modes);
   ssmq::quant::qat_scan_forward<Simd>(f.w, f.q, f.z.data(), f.y.data(), kLength, kLength, f.states.data(), f.codes.data());
   const ssmq::quant::scan_grads g{f.g_ar.data(), f.g_ai.data(), f.g_br.data(), f.g_bi.data(), f.g_cr.data(), f.g_ci.data()};
   for (auto _ : state) {
@@ -154,13 +155,16 @@ const char* config_name(std::int64_t i) { return i == 0 ? "all8" : "hetero_a8x8"
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (bool record : {false, true}) {
-    const std::string suffix = "/heads:16/modes:32/record:" + std::to_string(record ? 1 : 0);
-    benchmark::RegisterBenchmark(("qat/scan_forward/scalar" + suffix).c_str(), scan_forward<false>, record);
-    benchmark::RegisterBenchmark(("qat/scan_forward/simd" + suffix).c_str(), scan_forward<true>, record);
+  for (std::size_t modes : {kModes, kModes - 8}) {
+    const std::string shape = "/heads:16/modes:" + std::to_string(modes);
+    for (bool record : {false, true}) {
+      const std::string suffix = shape + "/record:" + std::to_string(record ? 1 : 0);
+      benchmark::RegisterBenchmark(("qat/scan_forward/scalar" + suffix).c_str(), scan_forward<false>, modes, record);
+      benchmark::RegisterBenchmark(("qat/scan_forward/simd" + suffix).c_str(), scan_forward<true>, modes, record);
+    }
+    benchmark::RegisterBenchmark(("qat/scan_backward/scalar" + shape).c_str(), scan_backward<false>, modes);
+    benchmark::RegisterBenchmark(("qat/scan_backward/simd" + shape).c_str(), scan_backward<true>, modes);
   }
-  benchmark::RegisterBenchmark("qat/scan_backward/scalar/heads:16/modes:32", scan_backward<false>);
-  benchmark::RegisterBenchmark("qat/scan_backward/simd/heads:16/modes:32", scan_backward<true>);
   for (std::int64_t c : {0, 1}) {
     const std::string config = config_name(c);
     for (std::size_t t : {1, 2})

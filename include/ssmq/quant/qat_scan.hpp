@@ -152,24 +152,33 @@ struct forward_kind {
   static constexpr bool clamp = Clamp;    ///< clamp the state
 };
 
-/// Forward of one step for the U blocks of modes [i + u S, i + (u + 1) S), S the lanes of V
-/// (ssm_step's operations, fused): adds each block's cr xr - ci xi into acc (blocks in order)
-/// and the clamp's firings into clamped; with K::record, stores the step's straight-through
-/// masks as codes for the backward pass. Each stage runs over the U blocks in turn, so that
-/// their independent dependency chains interleave in the instruction stream (the recurrence
-/// is latency-bound: one block alone leaves the out-of-order window short of work).
+/// One block of S modes (S the lanes of V) for scan_forward_blocks: modes [n, n + S) of `a`,
+/// whose terms go into *acc.
+template <class V>
+struct forward_block {
+  const scan_forward_args* a;
+  std::size_t n;
+  V* acc;
+};
+
+/// Forward of one step for U blocks of modes (ssm_step's operations, fused): adds each block's
+/// cr xr - ci xi into its accumulator (blocks in order) and the clamp's firings into clamped;
+/// with K::record, stores the step's straight-through masks as codes for the backward pass.
+/// Each stage runs over the U blocks in turn, so that their independent dependency chains
+/// interleave in the instruction stream (the recurrence is latency-bound: one block alone
+/// leaves the out-of-order window short of work).
 template <class K, std::size_t U, class V>
-[[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, float clamp,
-                                                      const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
+[[gnu::always_inline]] inline void scan_forward_blocks(const forward_block<V> (&blk)[U], float clamp,
+                                                       const fq_lanes<V>& fq, std::uint64_t& clamped) noexcept {
   using ops = lane_ops<V>;
   using mask = typename ops::mask;
-  constexpr std::size_t S = ops::size;
-  const V z(a.z);
+  const V z(blk[0].a->z);
   V pr[U], pi[U], br[U], bi[U], sr[U], si[U];
   mask m_ar[U], m_ai[U], m_br[U], m_bi[U], m_xr[U], m_xi[U];
   for (std::size_t u = 0; u < U; ++u) m_ar[u] = m_ai[u] = m_br[u] = m_bi[u] = m_xr[u] = m_xi[u] = mask(true);
   for (std::size_t u = 0; u < U; ++u) {
-    const std::size_t n = i + u * S;
+    const scan_forward_args& a = *blk[u].a;
+    const std::size_t n = blk[u].n;
     const V ar = ops::load(a.ar + n), ai = ops::load(a.ai + n), xr = ops::load(a.xpr + n), xi = ops::load(a.xpi + n);
     pr[u] = ar * xr - ai * xi;
     pi[u] = ar * xi + ai * xr;
@@ -209,23 +218,78 @@ template <class K, std::size_t U, class V>
       m_xi[u] = m_xi[u] && pass_i;
     }
   for (std::size_t u = 0; u < U; ++u) {
-    const std::size_t n = i + u * S;
+    const scan_forward_args& a = *blk[u].a;
+    const std::size_t n = blk[u].n;
     ops::store(a.xr + n, sr[u]);
     ops::store(a.xi + n, si[u]);
-    acc = acc + (ops::load(a.cr + n) * sr[u] - ops::load(a.ci + n) * si[u]);
+    *blk[u].acc = *blk[u].acc + (ops::load(a.cr + n) * sr[u] - ops::load(a.ci + n) * si[u]);
   }
   if constexpr (K::record)
     for (std::size_t u = 0; u < U; ++u)
-      ops::store_code(a.code + i + u * S,
+      ops::store_code(blk[u].a->code + blk[u].n,
                       ops::bit_if(m_ar[u] && m_xr[u], a_re) | ops::bit_if(m_ai[u] && m_xi[u], a_im) |
                           ops::bit_if(m_br[u] && m_xr[u], b_re) | ops::bit_if(m_bi[u] && m_xi[u], b_im));
 }
 
+/// A head's last n (< W) modes as zero-padded rows of one batch of W lanes. Run through the
+/// batch kernels, each lane performs the scalar tail's operations on its mode (so the results
+/// are the same bits), at the cost of one batch instead of n scalar chains; padding lanes hold
+/// zeros and their results are dropped. Matters where M is not a multiple of the width (24
+/// modes, a pruned model, on 16 AVX-512 lanes: 8 scalar modes took longer than 16 vector ones).
+/// A pass keeps one per head: Ā, B̄, C̄ are padded once, the gradients and dL/dx accumulate in
+/// place over the steps (the same additions in the same order) and are written back at the end;
+/// only the step's states and codes are copied per step.
+struct padded_tail {
+  static constexpr std::size_t W = lanes;
+  enum row : std::size_t { ar, ai, br, bi, cr, ci, xr, xi, xpr, xpi, gxr, gxi, g_ar, g_ai, g_br, g_bi, g_cr, g_ci, rows };
+  std::size_t n = 0;
+  alignas(64) float v[rows][W] = {};
+  alignas(64) std::uint8_t code[W] = {};
+  // Plain loops, not std::copy_n: a memmove call per row cost more than the row (n < W).
+  float* in(row r, const float* src) noexcept {
+    for (std::size_t j = 0; j < W; ++j) v[r][j] = j < n ? src[j] : 0.0f;
+    return v[r];
+  }
+  void out(row r, float* dst) const noexcept {
+    for (std::size_t j = 0; j < n; ++j) dst[j] = v[r][j];
+  }
+  std::uint8_t* in_code(const std::uint8_t* src) noexcept {
+    for (std::size_t j = 0; j < W; ++j) code[j] = j < n ? src[j] : std::uint8_t{0};
+    return code;
+  }
+  void out_code(std::uint8_t* dst) const noexcept {
+    for (std::size_t j = 0; j < n; ++j) dst[j] = code[j];
+  }
+};
+
+/// One padded_tail per head of `w` (none when M is a multiple of the width), Ā, B̄, C̄ filled.
+inline void pad_tails(std::vector<padded_tail>& tails, const ssm_step_weights& w) {
+  const std::size_t n = w.modes % lanes, i = w.modes - n;
+  tails.assign(n ? w.heads : 0, padded_tail{});
+  for (std::size_t h = 0; h < tails.size(); ++h) {
+    auto& t = tails[h];
+    const std::size_t o = h * w.modes + i;
+    t.n = n;
+    t.in(t.ar, w.abar_re + o), t.in(t.ai, w.abar_im + o), t.in(t.br, w.bbar_re + o), t.in(t.bi, w.bbar_im + o);
+    t.in(t.cr, w.c_re + o), t.in(t.ci, w.c_im + o);
+  }
+}
+
+/// scan_forward_blocks over the U consecutive blocks of `a` from mode i, all into acc.
+template <class K, std::size_t U, class V>
+[[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, float clamp,
+                                                      const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
+  forward_block<V> blk[U];
+  for (std::size_t u = 0; u < U; ++u) blk[u] = {&a, i + u * lane_ops<V>::size, &acc};
+  scan_forward_blocks<K, U>(blk, clamp, fq, clamped);
+}
+
 /// One forward step over all M modes; returns sum_n Re(C̄ x_k) in the lane-blocked order.
-/// Scalar: V = float over lane blocks; SIMD: batches, two blocks at a time.
+/// Scalar: V = float over lane blocks; SIMD: batches, two blocks at a time, and the tail as
+/// one padded batch whose per-mode terms are then added one by one, as the scalar tail adds them.
 template <bool Simd, class K>
 inline float scan_forward_step(const scan_forward_args& a, std::size_t M, float clamp, const affine_params& p,
-                               int_limits lim, std::uint64_t& clamped) {
+                               int_limits lim, std::uint64_t& clamped, padded_tail* tail) {
   constexpr std::size_t W = lanes;
   const fq_lanes<float> fq1(p, lim);
   float partial[W] = {};
@@ -235,7 +299,33 @@ inline float scan_forward_step(const scan_forward_args& a, std::size_t M, float 
     const fq_lanes<B> fqb(p, lim);
     B acc(0.0f);
     for (; i + 2 * W <= M; i += 2 * W) scan_forward_lanes<K, 2>(a, i, clamp, fqb, acc, clamped);
-    for (; i + W <= M; i += W) scan_forward_lanes<K, 1>(a, i, clamp, fqb, acc, clamped);
+    if (M - i == W) scan_forward_lanes<K, 1>(a, i, clamp, fqb, acc, clamped), i = M;
+    if (i < M) {
+      // A last full block (if any) and the padded tail, interleaved as two blocks.
+      const bool full = M - i > W;
+      const std::size_t ti = full ? i + W : i;
+      padded_tail& t = *tail;
+      const scan_forward_args tail_args{t.v[t.ar], t.v[t.ai], t.v[t.br],          t.v[t.bi],          t.v[t.cr], t.v[t.ci],
+                                        t.in(t.xpr, a.xpr + ti), t.in(t.xpi, a.xpi + ti), t.v[t.xr], t.v[t.xi],
+                                        a.z,       t.code};
+      B terms(0.0f);  // each lane: 0 + (cr sr - ci si), as the scalar tail's t
+      if (full) {
+        const forward_block<B> blk[2] = {{&a, i, &acc}, {&tail_args, 0, &terms}};
+        scan_forward_blocks<K, 2>(blk, clamp, fqb, clamped);
+      } else {
+        scan_forward_lanes<K, 1>(tail_args, 0, clamp, fqb, terms, clamped);
+      }
+      acc.store_unaligned(partial);
+      alignas(64) float term[W];
+      terms.store_aligned(term);
+      t.out(t.xr, a.xr + ti);
+      t.out(t.xi, a.xi + ti);
+      if constexpr (K::record) t.out_code(a.code + ti);
+      float s = 0.0f;
+      for (std::size_t j = 0; j < W; ++j) s += partial[j];
+      for (std::size_t j = 0; j < t.n; ++j) s += term[j];
+      return s;
+    }
     acc.store_unaligned(partial);
   } else {
     for (; i + W <= M; i += W)
@@ -297,7 +387,7 @@ template <class V>
 /// One backward step over all M modes; returns dL/dz_k's SSM part. Scalar: V = float over
 /// lane blocks; SIMD: one batch per block. Both sum the blocks' lanes 0..W-1, then the tail.
 template <bool Simd>
-inline float scan_backward_step(const scan_step_args& a, std::size_t M, bool active) {
+inline float scan_backward_step(const scan_step_args& a, std::size_t M, bool active, padded_tail* tail) {
   constexpr std::size_t W = lanes;
   float partial[W] = {};
   std::size_t i = 0;
@@ -306,6 +396,21 @@ inline float scan_backward_step(const scan_step_args& a, std::size_t M, bool act
     B acc(0.0f);
     for (; i + W <= M; i += W) scan_backward_lanes<B>(a, i, active, acc);
     acc.store_unaligned(partial);
+    if (i < M) {  // the tail as one padded batch (padded_tail), terms added one by one
+      padded_tail& t = *tail;
+      const scan_step_args p{t.v[t.ar], t.v[t.ai], t.v[t.br], t.v[t.bi], t.v[t.cr], t.v[t.ci],
+                             t.in(t.xr, a.xr + i), t.in(t.xi, a.xi + i), t.in(t.xpr, a.xpr + i), t.in(t.xpi, a.xpi + i),
+                             t.in_code(a.code + i), a.z, a.two_g, t.v[t.gxr], t.v[t.gxi],
+                             scan_grads{t.v[t.g_ar], t.v[t.g_ai], t.v[t.g_br], t.v[t.g_bi], t.v[t.g_cr], t.v[t.g_ci]}};
+      B terms(0.0f);
+      scan_backward_lanes<B>(p, 0, active, terms);
+      alignas(64) float term[W];
+      terms.store_aligned(term);
+      float gz = 0.0f;
+      for (std::size_t j = 0; j < W; ++j) gz += partial[j];
+      for (std::size_t j = 0; j < t.n; ++j) gz += term[j];
+      return gz;
+    }
   } else {
     for (; i + W <= M; i += W)
       for (std::size_t j = 0; j < W; ++j) scan_backward_lanes<float>(a, i + j, active, partial[j]);
@@ -356,6 +461,8 @@ std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer&
   thread_local std::vector<float> zeros, ping;  // x_{-1} = 0; without `states`, x lives in `ping`
   zeros.assign(S, 0.0f);
   ping.resize(S);
+  thread_local std::vector<detail::padded_tail> tails;
+  if (Simd) detail::pad_tails(tails, w);
   const bool record = states != nullptr && codes != nullptr;
   std::uint64_t clamped = 0;
   auto run = [&](auto kind) {
@@ -370,7 +477,8 @@ std::uint64_t qat_scan_forward(const ssm_step_weights& w, const state_quantizer&
                                           w.c_re + o,    w.c_im + o,    xp + so,       xp + so + M,
                                           x + so,        x + so + M,    z[h * stride + k],
                                           record ? codes + (k * H + h) * M : nullptr};
-        y[h * stride + k] = 2.0f * detail::scan_forward_step<Simd, K>(a, M, q.clamp, head_params(q, h), lim, clamped);
+        y[h * stride + k] = 2.0f * detail::scan_forward_step<Simd, K>(a, M, q.clamp, head_params(q, h), lim, clamped,
+                                                                      tails.empty() ? nullptr : &tails[h]);
         if (K::record && k + P < L) {
           detail::prefetch<true>(states + (k + P) * S + so, 2 * M * sizeof(float));
           detail::prefetch<true>(codes + ((k + P) * H + h) * M, M);
@@ -403,6 +511,16 @@ void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, cons
   thread_local std::vector<float> gx, zeros;
   gx.assign(S, 0.0f);
   zeros.assign(S, 0.0f);
+  // The tails' gradients accumulate in their padded rows over the pass (dL/dx starts at 0).
+  thread_local std::vector<detail::padded_tail> tails;
+  if (Simd) detail::pad_tails(tails, w);
+  const std::size_t ti = M - (tails.empty() ? 0 : tails[0].n);
+  for (std::size_t h = 0; h < tails.size(); ++h) {
+    auto& t = tails[h];
+    const std::size_t o = h * M + ti;
+    t.in(t.g_ar, g.abar_re + o), t.in(t.g_ai, g.abar_im + o), t.in(t.g_br, g.bbar_re + o), t.in(t.g_bi, g.bbar_im + o);
+    t.in(t.g_cr, g.c_re + o), t.in(t.g_ci, g.c_im + o);
+  }
   constexpr std::size_t P = detail::prefetch_steps;
   for (std::size_t k = L; k-- > 0;) {
     const float* xk = states + k * S;
@@ -415,12 +533,18 @@ void qat_scan_backward(const ssm_step_weights& w, const state_quantizer& q, cons
                                      xp + so,            xp + so + M,           codes + (k * H + h) * M,
                                      z[h * stride + k],  2.0f * gy[h * stride + k], gx.data() + so, gx.data() + so + M,
                                      gh};
-      gz[h * stride + k] += detail::scan_backward_step<Simd>(a, M, q.active);
+      gz[h * stride + k] += detail::scan_backward_step<Simd>(a, M, q.active, tails.empty() ? nullptr : &tails[h]);
       if (k > P) {
         detail::prefetch<false>(states + (k - 1 - P) * S + so, 2 * M * sizeof(float));
         detail::prefetch<false>(codes + ((k - P) * H + h) * M, M);
       }
     }
+  }
+  for (std::size_t h = 0; h < tails.size(); ++h) {
+    const auto& t = tails[h];
+    const std::size_t o = h * M + ti;
+    t.out(t.g_ar, g.abar_re + o), t.out(t.g_ai, g.abar_im + o), t.out(t.g_br, g.bbar_re + o), t.out(t.g_bi, g.bbar_im + o);
+    t.out(t.g_cr, g.c_re + o), t.out(t.g_ci, g.c_im + o);
   }
 }
 
