@@ -71,6 +71,26 @@ XP = re.compile(r"(.+)-xp(\d+(?:\.\d+)?)")
 XW = re.compile(r"x(\d+)-(.+)")
 
 
+# A run name with -k<K>- starts from the shipped model pruned to K modes per head (`ssmq prune`,
+# fine-tuned; tools/qat-runs, pruned()): models/smnist-s4d-h16-k<K>.safetensors.
+PRUNED = re.compile(r"-k(\d+)-")
+
+
+def pruned_keep(name):
+    """K when the run starts from a pruned model, else None."""
+    m = PRUNED.search(name)
+    return int(m.group(1)) if m else None
+
+
+def pruned_float_test(keep):
+    """Test accuracy (fraction) of the pruned float model, from its eval file, or None."""
+    path = os.path.join(ROOT, "models", f"smnist-s4d-h16-k{keep}.eval.txt")
+    if not os.path.exists(path):
+        return None
+    m = re.search(r"accuracy ([0-9.]+)", open(path).read())
+    return float(m.group(1)) if m else None
+
+
 def state_width(recipe):
     """(state bits or None, recipe without the x<bits>- prefix)."""
     m = XW.fullmatch(recipe)
@@ -331,6 +351,31 @@ def main():
         w("Not run yet (`tools/qat-runs fseeds freeze distill oscillate`).")
     w("")
 
+    # Runs from pruned models: fewer modes per head shrink Ā, C̄ and the state together.
+    w("## Fewer modes (pruned models, then QAT)")
+    w("")
+    pruned_runs = [(name, r) for name, r in sorted(runs.items()) if pruned_keep(name)]
+    if pruned_runs:
+        w("`ssmq prune --keep K` keeps the K of each head's 32 modes that change its convolution kernel")
+        w("least ([../qat.md](../qat.md), \"Fewer modes\"); the pruned float model is fine-tuned for 5 epochs")
+        w("in conv mode before QAT (`tools/qat-runs`, `pruned`). Its reduction is given against the")
+        w("unpruned float model the user starts from, and, in the last column, against a float model of")
+        w("the pruned shape (the part quantization alone gives).")
+        w("")
+        w("| run | modes per head | pruned float test % | PTQ val % | best val % (epoch) | test % | parameter bytes | reduction vs the float model | vs the pruned float model |")
+        w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for name, r in pruned_runs:
+            k = pruned_keep(name)
+            ft = pruned_float_test(k)
+            pb = int(r["parameter_bytes"])
+            vs_float = f"{f32_params / pb:.2f}x" if f32_params else "-"
+            w(f"| {name} | {k} | {pct(ft) if ft is not None else '-'} | {pct(r['ptq_val_accuracy'])} | "
+              f"{pct(r['best_val_accuracy'])} ({r['best_epoch']}) | {pct(r['test_accuracy'])} | {pb:,} | {vs_float} | "
+              f"{float(r['reduction_parameters']):.2f}x |")
+    else:
+        w("Not run yet (`tools/qat-runs prune`).")
+    w("")
+
     # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.
     abl = [(m.group(1), r) for name, r in runs.items() if (m := re.fullmatch(r"abl-x12-(.+)-e2", name))]
     w("## Where the heterogeneous point loses accuracy (x12, frozen, 2 epochs)")
@@ -420,7 +465,8 @@ def main():
     w("")
     w("Every configuration trained by QAT, smallest parameter footprint first; for each, its best")
     w("recipe by mean validation accuracy (runs of 10 epochs, and the search runs of")
-    w(f"`tools/qat-runs search` with the epochs shown). Goal of the issue: within 0.5 pp of the float")
+    w(f"`tools/qat-runs search` with the epochs shown; `on k<K>`: from the model pruned to K modes per")
+    w("head, the reductions against the unpruned float model). Goal of the issue: within 0.5 pp of the float")
     w("model" + (f" ({100 * float_acc:.2f} %)" if float_acc else "") + " at the smallest footprint.")
     w("")
     w("| configuration | recipe | epochs | runs | test % (mean) | vs float (pp) | parameter bytes | reduction (parameters) | whole footprint B | reduction (total) |")
@@ -434,6 +480,8 @@ def main():
             # A state percentile (x8p99.9) and the flag i on Ā are part of the recipe, not of
             # the footprint.
             config = re.sub(r"(Abar\d+)i", r"\1", re.sub(r"p\d+(?:\.\d+)?", "", r["config"]))
+            if pruned_keep(name):  # another model: its own point
+                config += f" on k{pruned_keep(name)}"
             configs.setdefault(config, {}).setdefault((recipe, r["epochs"]), []).append(r)
     points = []
     for config, by_recipe in configs.items():
@@ -443,8 +491,12 @@ def main():
         points.append((int(rows[0]["parameter_bytes"]), config, recipe, epochs, len(rows), m, rows[0]))
     for pb, config, recipe, epochs, n, m, r0 in sorted(points):
         vs = f"{100 * (m - float_acc):+.2f}" if float_acc else ""
-        w(f"| `{config}` | {recipe_label(recipe)} | {epochs} | {n} | {100 * m:.2f} | {vs} | {pb:,} | "
-          f"{float(r0['reduction_parameters']):.2f}x | {int(r0['footprint_bytes']):,} | {float(r0['reduction_total']):.2f}x |")
+        # Reductions against the unpruned float model (the CSV's are against the run's own shape).
+        rp = f32_params / pb if f32_params else float(r0["reduction_parameters"])
+        rt = f32_bytes / int(r0["footprint_bytes"]) if f32_bytes else float(r0["reduction_total"])
+        name = f"`{config.split(' on ')[0]}`" + (f" on {config.split(' on ')[1]}" if " on " in config else "")
+        w(f"| {name} | {recipe_label(recipe)} | {epochs} | {n} | {100 * m:.2f} | {vs} | {pb:,} | "
+          f"{rp:.2f}x | {int(r0['footprint_bytes']):,} | {rt:.2f}x |")
     w("")
     w("![test accuracy against parameter reduction](qat-footprint.png)")
     w("")
@@ -500,15 +552,15 @@ def main():
     fig.savefig(os.path.join(RES, "qat-abar.png"), dpi=120)
     fig, ax = plt.subplots(figsize=(7, 4))
     for pb, config, recipe, epochs, n, m, r0 in sorted(points):
-        x = float(r0["reduction_parameters"])
-        ax.plot([x], [100 * m], marker="o", color="C0")
+        x = f32_params / pb if f32_params else float(r0["reduction_parameters"])  # vs the unpruned float model
+        ax.plot([x], [100 * m], marker="o", color="C1" if " on k" in config else "C0")
         ax.annotate(config if len(config) < 12 else config.replace("_", " ").replace("Abar", "Ā"), (x, 100 * m),
                     fontsize=6, xytext=(3, 3), textcoords="offset points")
     if float_acc:
         ax.axhline(100 * float_acc, color="gray", linestyle="--", label="float (test)")
         ax.axhline(100 * float_acc - 0.5, color="gray", linestyle=":", label="float - 0.5 pp")
     ax.margins(x=0.35)  # room for the labels
-    ax.set_xlabel("parameter bytes, float32 / quantized")
+    ax.set_xlabel("parameter bytes, float32 model / quantized (orange: from a pruned model)")
     ax.set_ylabel("test accuracy after QAT (%)")
     if ax.get_lines():
         ax.legend(fontsize=7)

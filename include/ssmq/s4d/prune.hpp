@@ -6,8 +6,8 @@
 // (s4d/kernel.hpp), so dropping a set R of modes changes the kernel by exactly
 // sum_{n in R} k_n. Modes are dropped greedily: each step drops the mode that keeps the
 // L2 norm of that accumulated change smallest, so a later drop may offset part of an earlier
-// one (ranking modes by their own energy could not). Greedy is not optimal; on the shipped
-// model a forward selection with pairwise swaps measured no better (docs/qat.md, pruning).
+// one (ranking modes by their own energy could not). Greedy is not optimal, only cheap:
+// O(M^2 L) per head.
 // The kept modes keep their order; every head keeps the same number, so the pruned model is
 // an ordinary model of state size N = 2 keep that every other part of ssmq runs unchanged.
 #include <cmath>
