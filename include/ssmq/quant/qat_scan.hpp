@@ -152,24 +152,21 @@ struct forward_kind {
   static constexpr bool clamp = Clamp;    ///< clamp the state
 };
 
-/// One block of S modes (S the lanes of V) for scan_forward_blocks: modes [n, n + S) of `a`,
-/// whose terms go into *acc.
-template <class V>
+/// One block of S modes (S the lanes of V) for scan_forward_blocks: modes [n, n + S) of `a`.
 struct forward_block {
   const scan_forward_args* a;
   std::size_t n;
-  V* acc;
 };
 
-/// Forward of one step for U blocks of modes (ssm_step's operations, fused): adds each block's
-/// cr xr - ci xi into its accumulator (blocks in order) and the clamp's firings into clamped;
+/// Forward of one step for U blocks of modes (ssm_step's operations, fused): returns each
+/// block's cr xr - ci xi in term (the caller sums them) and adds the clamp's firings into clamped;
 /// with K::record, stores the step's straight-through masks as codes for the backward pass.
 /// Each stage runs over the U blocks in turn, so that their independent dependency chains
 /// interleave in the instruction stream (the recurrence is latency-bound: one block alone
 /// leaves the out-of-order window short of work).
 template <class K, std::size_t U, class V>
-[[gnu::always_inline]] inline void scan_forward_blocks(const forward_block<V> (&blk)[U], float clamp,
-                                                       const fq_lanes<V>& fq, std::uint64_t& clamped) noexcept {
+[[gnu::always_inline]] inline void scan_forward_blocks(const forward_block (&blk)[U], float clamp, const fq_lanes<V>& fq,
+                                                       V (&term)[U], std::uint64_t& clamped) noexcept {
   using ops = lane_ops<V>;
   using mask = typename ops::mask;
   const V z(blk[0].a->z);
@@ -222,7 +219,7 @@ template <class K, std::size_t U, class V>
     const std::size_t n = blk[u].n;
     ops::store(a.xr + n, sr[u]);
     ops::store(a.xi + n, si[u]);
-    *blk[u].acc = *blk[u].acc + (ops::load(a.cr + n) * sr[u] - ops::load(a.ci + n) * si[u]);
+    term[u] = ops::load(a.cr + n) * sr[u] - ops::load(a.ci + n) * si[u];
   }
   if constexpr (K::record)
     for (std::size_t u = 0; u < U; ++u)
@@ -275,18 +272,57 @@ inline void pad_tails(std::vector<padded_tail>& tails, const ssm_step_weights& w
   }
 }
 
-/// scan_forward_blocks over the U consecutive blocks of `a` from mode i, all into acc.
+/// scan_forward_blocks over the U consecutive blocks of `a` from mode i, added into acc in order.
 template <class K, std::size_t U, class V>
 [[gnu::always_inline]] inline void scan_forward_lanes(const scan_forward_args& a, std::size_t i, float clamp,
                                                       const fq_lanes<V>& fq, V& acc, std::uint64_t& clamped) noexcept {
-  forward_block<V> blk[U];
-  for (std::size_t u = 0; u < U; ++u) blk[u] = {&a, i + u * lane_ops<V>::size, &acc};
-  scan_forward_blocks<K, U>(blk, clamp, fq, clamped);
+  forward_block blk[U];
+  for (std::size_t u = 0; u < U; ++u) blk[u] = {&a, i + u * lane_ops<V>::size};
+  V term[U];
+  scan_forward_blocks<K, U>(blk, clamp, fq, term, clamped);
+  for (std::size_t u = 0; u < U; ++u) acc = acc + term[u];
+}
+
+/// The end of a SIMD forward step from mode i on, where fewer than 2 W modes remain and they
+/// are not one whole block: a last whole block (if any) and the padded tail, interleaved as two
+/// blocks; returns the step's sum (acc's lanes, then the tail's terms one by one, as the
+/// scalar tail adds them). Kept out of line: inlined, it slowed the whole-block path by 10 %.
+template <class K>
+[[gnu::noinline]] float scan_forward_tail(const scan_forward_args& a, std::size_t i, std::size_t M, float clamp,
+                                          const fq_lanes<xsimd::batch<float>>& fqb, xsimd::batch<float> acc,
+                                          std::uint64_t& clamped, padded_tail& t) {
+  using B = xsimd::batch<float>;
+  constexpr std::size_t W = lanes;
+  const bool full = M - i > W;
+  const std::size_t ti = full ? i + W : i;
+  const scan_forward_args tail_args{t.v[t.ar], t.v[t.ai], t.v[t.br], t.v[t.bi], t.v[t.cr], t.v[t.ci],
+                                    t.in(t.xpr, a.xpr + ti), t.in(t.xpi, a.xpi + ti), t.v[t.xr], t.v[t.xi],
+                                    a.z, t.code};
+  B terms(0.0f);  // each lane: 0 + (cr sr - ci si), as the scalar tail's t
+  if (full) {
+    const forward_block blk[2] = {{&a, i}, {&tail_args, 0}};
+    B term[2];
+    scan_forward_blocks<K, 2>(blk, clamp, fqb, term, clamped);
+    acc = acc + term[0];
+    terms = terms + term[1];
+  } else {
+    scan_forward_lanes<K, 1>(tail_args, 0, clamp, fqb, terms, clamped);
+  }
+  alignas(64) float partial[W], term[W];
+  acc.store_aligned(partial);
+  terms.store_aligned(term);
+  t.out(t.xr, a.xr + ti);
+  t.out(t.xi, a.xi + ti);
+  if constexpr (K::record) t.out_code(a.code + ti);
+  float s = 0.0f;
+  for (std::size_t j = 0; j < W; ++j) s += partial[j];
+  for (std::size_t j = 0; j < t.n; ++j) s += term[j];
+  return s;
 }
 
 /// One forward step over all M modes; returns sum_n Re(C̄ x_k) in the lane-blocked order.
 /// Scalar: V = float over lane blocks; SIMD: batches, two blocks at a time, and the tail as
-/// one padded batch whose per-mode terms are then added one by one, as the scalar tail adds them.
+/// one padded batch (scan_forward_tail).
 template <bool Simd, class K>
 inline float scan_forward_step(const scan_forward_args& a, std::size_t M, float clamp, const affine_params& p,
                                int_limits lim, std::uint64_t& clamped, padded_tail* tail) {
@@ -300,32 +336,7 @@ inline float scan_forward_step(const scan_forward_args& a, std::size_t M, float 
     B acc(0.0f);
     for (; i + 2 * W <= M; i += 2 * W) scan_forward_lanes<K, 2>(a, i, clamp, fqb, acc, clamped);
     if (M - i == W) scan_forward_lanes<K, 1>(a, i, clamp, fqb, acc, clamped), i = M;
-    if (i < M) {
-      // A last full block (if any) and the padded tail, interleaved as two blocks.
-      const bool full = M - i > W;
-      const std::size_t ti = full ? i + W : i;
-      padded_tail& t = *tail;
-      const scan_forward_args tail_args{t.v[t.ar], t.v[t.ai], t.v[t.br],          t.v[t.bi],          t.v[t.cr], t.v[t.ci],
-                                        t.in(t.xpr, a.xpr + ti), t.in(t.xpi, a.xpi + ti), t.v[t.xr], t.v[t.xi],
-                                        a.z,       t.code};
-      B terms(0.0f);  // each lane: 0 + (cr sr - ci si), as the scalar tail's t
-      if (full) {
-        const forward_block<B> blk[2] = {{&a, i, &acc}, {&tail_args, 0, &terms}};
-        scan_forward_blocks<K, 2>(blk, clamp, fqb, clamped);
-      } else {
-        scan_forward_lanes<K, 1>(tail_args, 0, clamp, fqb, terms, clamped);
-      }
-      acc.store_unaligned(partial);
-      alignas(64) float term[W];
-      terms.store_aligned(term);
-      t.out(t.xr, a.xr + ti);
-      t.out(t.xi, a.xi + ti);
-      if constexpr (K::record) t.out_code(a.code + ti);
-      float s = 0.0f;
-      for (std::size_t j = 0; j < W; ++j) s += partial[j];
-      for (std::size_t j = 0; j < t.n; ++j) s += term[j];
-      return s;
-    }
+    if (i < M) return scan_forward_tail<K>(a, i, M, clamp, fqb, acc, clamped, *tail);
     acc.store_unaligned(partial);
   } else {
     for (; i + W <= M; i += W)
@@ -384,6 +395,24 @@ template <class V>
   ops::store(a.gxi + i, ar * gai - ai * gar);
 }
 
+/// The tail of a SIMD backward step, modes [i, M) (fewer than W), as one padded batch: adds
+/// its terms one by one to gz, as the scalar tail does, and returns it. Out of line, like
+/// scan_forward_tail.
+[[gnu::noinline]] inline float scan_backward_tail(const scan_step_args& a, std::size_t i, bool active, padded_tail& t,
+                                                  float gz) {
+  using B = xsimd::batch<float>;
+  const scan_step_args p{t.v[t.ar], t.v[t.ai], t.v[t.br], t.v[t.bi], t.v[t.cr], t.v[t.ci],
+                         t.in(t.xr, a.xr + i), t.in(t.xi, a.xi + i), t.in(t.xpr, a.xpr + i), t.in(t.xpi, a.xpi + i),
+                         t.in_code(a.code + i), a.z, a.two_g, t.v[t.gxr], t.v[t.gxi],
+                         scan_grads{t.v[t.g_ar], t.v[t.g_ai], t.v[t.g_br], t.v[t.g_bi], t.v[t.g_cr], t.v[t.g_ci]}};
+  B terms(0.0f);
+  scan_backward_lanes<B>(p, 0, active, terms);
+  alignas(64) float term[lanes];
+  terms.store_aligned(term);
+  for (std::size_t j = 0; j < t.n; ++j) gz += term[j];
+  return gz;
+}
+
 /// One backward step over all M modes; returns dL/dz_k's SSM part. Scalar: V = float over
 /// lane blocks; SIMD: one batch per block. Both sum the blocks' lanes 0..W-1, then the tail.
 template <bool Simd>
@@ -397,19 +426,9 @@ inline float scan_backward_step(const scan_step_args& a, std::size_t M, bool act
     for (; i + W <= M; i += W) scan_backward_lanes<B>(a, i, active, acc);
     acc.store_unaligned(partial);
     if (i < M) {  // the tail as one padded batch (padded_tail), terms added one by one
-      padded_tail& t = *tail;
-      const scan_step_args p{t.v[t.ar], t.v[t.ai], t.v[t.br], t.v[t.bi], t.v[t.cr], t.v[t.ci],
-                             t.in(t.xr, a.xr + i), t.in(t.xi, a.xi + i), t.in(t.xpr, a.xpr + i), t.in(t.xpi, a.xpi + i),
-                             t.in_code(a.code + i), a.z, a.two_g, t.v[t.gxr], t.v[t.gxi],
-                             scan_grads{t.v[t.g_ar], t.v[t.g_ai], t.v[t.g_br], t.v[t.g_bi], t.v[t.g_cr], t.v[t.g_ci]}};
-      B terms(0.0f);
-      scan_backward_lanes<B>(p, 0, active, terms);
-      alignas(64) float term[W];
-      terms.store_aligned(term);
       float gz = 0.0f;
       for (std::size_t j = 0; j < W; ++j) gz += partial[j];
-      for (std::size_t j = 0; j < t.n; ++j) gz += term[j];
-      return gz;
+      return scan_backward_tail(a, i, active, *tail, gz);
     }
   } else {
     for (; i + W <= M; i += W)
