@@ -39,6 +39,7 @@ struct qat_args {
   std::size_t freeze_weights_after = 0;  // 0: the Linear weights train to the end
   double distill = 0.0, distill_temperature = 1.0;  // distill 0: labels only
   double freeze_oscillating = 0.0, oscillation_momentum = 0.01;  // 0: no value is frozen for oscillating
+  int freeze_oscillating_max_bits = 16;                           // only values of at most these bits freeze
   std::size_t freeze_oscillating_from = 0;  // the first epoch (0-based) in which values may be frozen
   std::uint64_t seed = 0;
   bool resume = false;
@@ -85,6 +86,8 @@ inline void add_qat_command(CLI::App& app, qat_args& a, CLI::App*& cmd) {
                   "flips back per step) exceeds f is frozen at its mean level for the rest of the run");
   cmd->add_option("--freeze-oscillating-from", a.freeze_oscillating_from,
                   "values are frozen only after this many epochs (default 0); their frequencies are tracked from the start");
+  cmd->add_option("--freeze-oscillating-max-bits", a.freeze_oscillating_max_bits,
+                  "only values of tensors at most this many bits wide are frozen (default 16: all)");
   cmd->add_option("--oscillation-momentum", a.oscillation_momentum,
                   "momentum of the moving averages of --freeze-oscillating (default 0.01, about 100 steps)");
   cmd->add_flag("--resume", a.resume, "continue the run whose state is <out>.train-state");
@@ -116,6 +119,8 @@ inline std::string qat_fingerprint(const qat_args& a) {
                   a.freeze_oscillating, a.oscillation_momentum);
   if (a.freeze_oscillating > 0.0 && a.freeze_oscillating_from > 0)
     std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " oscillating_from=%zu", a.freeze_oscillating_from);
+  if (a.freeze_oscillating > 0.0 && a.freeze_oscillating_max_bits != 16)
+    std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " oscillating_max_bits=%d", a.freeze_oscillating_max_bits);
   return buf;
 }
 
@@ -164,7 +169,7 @@ inline int run_qat(const qat_args& a) {
   o.dampening = a.dampen;
   o.freeze_weights_after = a.freeze_weights_after;
   o.oscillation = {.threshold = a.freeze_oscillating, .momentum = a.oscillation_momentum,
-                   .from_epoch = a.freeze_oscillating_from};
+                   .from_epoch = a.freeze_oscillating_from, .max_bits = a.freeze_oscillating_max_bits};
   std::vector<float> teacher;  // the float model's logits on the training split, in order
   if (a.distill > 0.0) {
     ssmq::data::batcher in_order(split.train, ck.input_norm, {500, ssmq::data::batch_order::sequential, 0, false});

@@ -1033,6 +1033,22 @@ TEST_CASE("oscillation freezing: a level that flips back is frozen at its mean l
                        doctest::Contains("threshold"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(ssmq::quant::oscillation_freezer(q, {.threshold = 0.1, .momentum = 1.5}),
                        doctest::Contains("momentum"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ssmq::quant::oscillation_freezer(q, {.threshold = 0.1, .momentum = 0.5, .max_bits = 1}),
+                       "ssmq: the largest bit-width to freeze must lie in [2, 16], got 1", std::invalid_argument);
+
+  // The same flip under max_bits 3: the decoder's weights are 4-bit, so the value keeps its
+  // frequency but stays free; under max_bits 4 it is frozen.
+  for (const int max_bits : {3, 4}) {
+    W[flip] = at(L);
+    ssmq::quant::oscillation_freezer f2(q, {.threshold = 0.3, .momentum = 0.5, .max_bits = max_bits});
+    W[flip] = at(L + 0.6);
+    f2.after_step(q, q.prepare());
+    W[flip] = at(L + 0.1);
+    f2.after_step(q, q.prepare());
+    INFO("max_bits " << max_bits);
+    CHECK(f2.frozen_total() == (max_bits >= 4 ? 1u : 0u));
+    CHECK(W[flip] == (max_bits >= 4 ? at(L) : at(L + 0.1)));
+  }
 }
 
 TEST_CASE("oscillation freezing from a later epoch: frequencies are tracked, nothing is frozen before it") {

@@ -28,6 +28,10 @@ struct oscillation_options {
   /// start. A run that starts from a PTQ collapse changes most levels in its first epoch, and
   /// freezing then locks in levels of the collapse.
   std::size_t from_epoch = 0;
+  /// Only values of tensors quantized to at most this many bits are frozen (all by default).
+  /// The threshold counts level flips per step, which at 8 bits, with 16 times finer steps
+  /// than at 4, is not the same criterion: freezing 8-bit values measured harmful.
+  int max_bits = 16;
   [[nodiscard]] bool active() const noexcept { return threshold > 0.0; }
 };
 
@@ -40,6 +44,8 @@ class oscillation_freezer {
       throw std::invalid_argument("ssmq: the oscillation threshold must lie in (0, 1] (events per step)");
     if (!(o.momentum > 0.0 && o.momentum <= 1.0))
       throw std::invalid_argument("ssmq: the oscillation momentum must lie in (0, 1]");
+    if (o.max_bits < 2 || o.max_bits > 16)
+      throw std::invalid_argument("ssmq: the largest bit-width to freeze must lie in [2, 16], got " + std::to_string(o.max_bits));
     const qat_prepared pp = model.prepare();
     model.for_each_quantized_shadow(pp, [&](const qat_model::quantized_view& v, auto) {
       tensor t;
@@ -82,6 +88,7 @@ class oscillation_freezer {
     model.for_each_quantized_shadow(pp, [&](const qat_model::quantized_view& v, auto get) {
       std::vector<float>& w = get(model.shadows);
       tensor& t = tensors_.at(k++);
+      const bool may_freeze = freezing_ && v.point.spec.bits <= o_.max_bits;
       for (std::size_t i = 0; i < w.size(); ++i) {
         if (t.frozen[i] != 0.0f) continue;
         const float lv = level_of(v, i);
@@ -95,7 +102,7 @@ class oscillation_freezer {
         t.level[i] = lv;
         t.frequency[i] = m * event + (1.0f - m) * t.frequency[i];
         t.mean_level[i] = m * lv + (1.0f - m) * t.mean_level[i];
-        if (freezing_ && t.frequency[i] > static_cast<float>(o_.threshold)) {
+        if (may_freeze && t.frequency[i] > static_cast<float>(o_.threshold)) {
           const affine_params& p = params_of(v, i);
           const int_limits lim = v.point.spec.limits();
           const double q = std::clamp(std::nearbyint(static_cast<double>(t.mean_level[i])), static_cast<double>(lim.qmin),
