@@ -49,6 +49,7 @@ RECIPES = {
     "frozen-i-osc0.05": "`frozen-i` with `--freeze-oscillating 0.05`",
     "frozen-osc0.05from2": "`frozen-osc0.05` with values frozen only from epoch 3 on (`--freeze-oscillating-from 2`; their frequencies are tracked from the start)",
     "frozen-osc0.05-e20": "`frozen-osc0.05` for 20 epochs (the cosine schedule over all 20)",
+    "frozen-osc0.05b4": "`frozen-osc0.05` freezing only values of at most 4 bits (`--freeze-oscillating-max-bits 4`)",
 }
 
 
@@ -150,7 +151,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate oseeds omore ofrom")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate oseeds omore ofrom rtwide prune prune28")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
