@@ -126,6 +126,9 @@ int run_train(const train_args& a) {
   if (start) {  // the checkpoint's shape and discretisation; dropout is this run's
     if (start->model.shape().classes < split.train.classes())
       throw std::invalid_argument("ssmq train --from: the data has more classes than the model");
+    if (start->model.shape().inputs != ssmq::data::sequence_channels)
+      throw std::invalid_argument("ssmq train --from: the model takes " + std::to_string(start->model.shape().inputs) +
+                                  " inputs per step, the data " + std::to_string(ssmq::data::sequence_channels));
     model = start->model;
     model.options.dropout = a.dropout;
     std::fprintf(stderr, "starting from %s (H %zu, N %zu, %zu layers)\n", a.from.c_str(), model.shape().heads,
