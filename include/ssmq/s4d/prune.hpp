@@ -23,6 +23,14 @@
 
 namespace ssmq {
 
+namespace detail {
+inline void check_keep(std::size_t keep, std::size_t modes) {
+  if (keep == 0 || keep > modes)
+    throw std::invalid_argument("ssmq: prune: keep must be in [1, " + std::to_string(modes) +
+                                "] (the model's modes per head), got " + std::to_string(keep));
+}
+}  // namespace detail
+
 /// What pruning did to one layer: per head, the kept mode indices (ascending, into the
 /// original layer) and the relative kernel change ||K - K_pruned|| / ||K|| over L steps.
 struct pruned_layer {
@@ -35,9 +43,7 @@ struct pruned_layer {
 template <class T>
 [[nodiscard]] pruned_layer choose_modes(const s4d_params<T>& p, discretization method, std::size_t keep,
                                         std::size_t L) {
-  if (keep == 0 || keep > p.modes)
-    throw std::invalid_argument("ssmq: prune: keep must be in [1, " + std::to_string(p.modes) +
-                                "] (the layer's modes per head), got " + std::to_string(keep));
+  detail::check_keep(keep, p.modes);
   if (L == 0) throw std::invalid_argument("ssmq: prune: the kernel length L must be >= 1");
   using cd = std::complex<double>;
   const auto d = discretize(p, method);
@@ -50,12 +56,14 @@ template <class T>
       const std::size_t i = h * M + n;
       const cd a(d.abar_re[i], d.abar_im[i]);
       cd w = cd(p.C_re[i], p.C_im[i]) * cd(d.bbar_re[i], d.bbar_im[i]);
+      bool finite = true;
       for (std::size_t l = 0; l < L; ++l) {
         k[n * L + l] = 2.0 * w.real();
+        finite = finite && std::isfinite(k[n * L + l]);
         total[l] += k[n * L + l];
         w *= a;
       }
-      if (!std::isfinite(std::norm(w)) || !std::isfinite(std::norm(cd(p.C_re[i], p.C_im[i]))))
+      if (!finite)
         throw std::invalid_argument("ssmq: prune: head " + std::to_string(h) + " mode " + std::to_string(n) +
                                     " has a kernel that is not finite");
     }
@@ -93,9 +101,7 @@ template <class T>
 template <class T>
 [[nodiscard]] s4d_model<T> prune_modes(const s4d_model<T>& m, std::size_t keep, std::size_t L,
                                        std::vector<pruned_layer>* report = nullptr) {
-  if (keep == 0 || keep > m.shape().modes())  // before the shape, so the message names keep
-    throw std::invalid_argument("ssmq: prune: keep must be in [1, " + std::to_string(m.shape().modes()) +
-                                "] (the model's modes per head), got " + std::to_string(keep));
+  detail::check_keep(keep, m.shape().modes());  // before the shape, so the message names keep
   model_shape shape = m.shape();
   shape.state_size = 2 * keep;
   s4d_model<T> out(shape, m.options);
