@@ -7,7 +7,8 @@
 //   T.scale       F32 [heads], or [1] per tensor
 //   T.zero_point  I32, same shape
 // and a tensor whose component is fp32 as F32 T. Ā, B̄, C̄ are [H, N/2, 2] (re, im), or in
-// polar format T.mag.* and T.phase.* [H, N/2]. Every static activation or state point P
+// polar format T.mag.* and T.phase.* [H, N/2], or with their parts ranged apart (flag r)
+// T.re.* and T.im.* [H, N/2]. Every static activation or state point P
 // stores P.scale and P.zero_point. The metadata holds the format tag, the model shape, the
 // configuration's canonical name, the GELU, the complex formats and the input normalisation.
 // Saving refuses a model that a file could not rebuild exactly (a value off its grid, a
@@ -169,13 +170,17 @@ struct quantized_writer {
                const std::vector<float>& im, const quant::polar_values& polar, std::size_t H, std::size_t M) {
     check(name, q);
     if (!q.active()) return plain(name, {H, M, 2}, interleave(re, im));
-    if (q.format == quant::complex_format::re_im)
+    if (q.format == quant::complex_format::re_im && !q.spec.split_parts)
       return levels(name, {H, M, 2}, q, q.params, interleave(re, im), {H, 2 * M});
+    if (q.format == quant::complex_format::re_im) {  // each part with its own parameters
+      levels(cat(name, ".re"), {H, M}, q, q.params, re, {H, M});
+      return levels(cat(name, ".im"), {H, M}, q, q.second_params, im, {H, M});
+    }
     std::vector<float> r(re.size()), i(im.size());
     quant::from_polar(polar, r, i);
     if (!same_bits(r, re) || !same_bits(i, im)) refuse(name, "is not rebuilt from its polar magnitude and phase");
     levels(cat(name, ".mag"), {H, M}, q, q.params, polar.mag, {H, M});
-    levels(cat(name, ".phase"), {H, M}, q, q.phase_params, polar.phase, {H, M});
+    levels(cat(name, ".phase"), {H, M}, q, q.second_params, polar.phase, {H, M});
   }
   void folded_bbar(const std::string& name, const std::vector<float>& re, const std::vector<float>& im, std::size_t H,
                    std::size_t M) {
@@ -210,13 +215,13 @@ struct quantized_writer {
   void params(const std::string& name, const quant::point_quantizer& q, const std::vector<affine_params>& ps) {
     const std::size_t n = param_count(q);
     if (ps.size() != n) refuse(name, "has ", ps.size(), " parameter sets; its quantizer needs ", n);
-    const int_limits lim = q.spec.limits();
     std::vector<float> scales;
     std::vector<std::int32_t> zps;
     for (const auto& p : ps) {
       // The loader recomputes 1/scale: a different stored reciprocal would change results.
       if (!(p.scale > 0.0f) || p.inv_scale != 1.0f / p.scale) refuse(name, "has a scale whose reciprocal is not 1/scale");
-      if (p.zero_point < lim.qmin || p.zero_point > lim.qmax) refuse(name, "has a zero-point outside its levels");
+      if (const int_limits zl = zero_point_limits(q.spec); p.zero_point < zl.qmin || p.zero_point > zl.qmax)
+        refuse(name, "has a zero-point outside the range its quantizer allows");
       scales.push_back(p.scale);
       zps.push_back(p.zero_point);
     }
@@ -247,14 +252,20 @@ struct quantized_reader {
     std::vector<float> both;
     if (!q.active()) {
       plain(name, {H, M, 2}, both);
-    } else if (q.format == quant::complex_format::re_im) {
+    } else if (q.format == quant::complex_format::re_im && !q.spec.split_parts) {
       q.params = params(name, q);
       both = levels(name, {H, M, 2}, q, q.params, {H, 2 * M});
+    } else if (q.format == quant::complex_format::re_im) {
+      q.params = params(cat(name, ".re"), q);
+      q.second_params = params(cat(name, ".im"), q);
+      re = levels(cat(name, ".re"), {H, M}, q, q.params, {H, M});
+      im = levels(cat(name, ".im"), {H, M}, q, q.second_params, {H, M});
+      return;
     } else {
       q.params = params(cat(name, ".mag"), q);
-      q.phase_params = params(cat(name, ".phase"), q);
+      q.second_params = params(cat(name, ".phase"), q);
       polar.mag = levels(cat(name, ".mag"), {H, M}, q, q.params, {H, M});
-      polar.phase = levels(cat(name, ".phase"), {H, M}, q, q.phase_params, {H, M});
+      polar.phase = levels(cat(name, ".phase"), {H, M}, q, q.second_params, {H, M});
       return quant::from_polar(polar, re, im);
     }
     for (std::size_t k = 0; k < H * M; ++k) {
@@ -304,15 +315,15 @@ struct quantized_reader {
     const auto zps = expect_int_tensor(f, zn, tensor_dtype::i32, {n});
     used.insert(sn);
     used.insert(zn);
-    const int_limits lim = q.spec.limits();
+    const int_limits zl = zero_point_limits(q.spec);
     std::vector<affine_params> ps(n);
     for (std::size_t h = 0; h < n; ++h) {
       ps[h] = {scales[h], 1.0f / scales[h], zps[h]};
       if (!(scales[h] > 0.0f) || !std::isfinite(ps[h].inv_scale))
         fail(f.source, "tensor '", sn, "' holds a scale that is not positive with a finite reciprocal at index ", h);
-      if (zps[h] < lim.qmin || zps[h] > lim.qmax)
+      if (zps[h] < zl.qmin || zps[h] > zl.qmax)
         fail(f.source, "tensor '", zn, "' holds zero-point ", zps[h], " at index ", h, ", outside the range [",
-             lim.qmin, ", ", lim.qmax, "] of its ", q.spec.bits, "-bit quantizer");
+             zl.qmin, ", ", zl.qmax, "] of its ", q.spec.bits, "-bit quantizer");
     }
     return ps;
   }

@@ -1,7 +1,9 @@
 #pragma once
 // The affine quantizer's parameters: q = clamp(round_half_up(v / scale) + zero_point, qmin,
-// qmax), v ~ (q - zero_point) * scale. Ranges always include 0 so that 0 (the initial state,
-// padding) is exactly representable.
+// qmax), v ~ (q - zero_point) * scale. Ranges include 0 so that 0 (the initial state,
+// padding) is exactly representable - except the parts of a complex parameter ranged apart
+// (quant_spec::split_parts): Ā's real parts lie in about [0.98, 1), and a range stretched to
+// 0 would leave them a few levels. Their zero-point then lies outside [qmin, qmax].
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -28,7 +30,19 @@ struct affine_params {
 /// all 0) gets this scale instead of 0, so the reciprocal stays finite and nothing is NaN.
 inline constexpr float min_scale = std::numeric_limits<float>::epsilon();
 
-/// Parameters that map the real range [lo, hi] (widened to include 0) onto [qmin, qmax].
+/// How far a zero-point may lie outside [qmin, qmax] (split parts only): 2^14 levels. The
+/// scale is kept at least max(|lo|, |hi|) / 2^14 so that v / scale stays an exact float.
+inline constexpr std::int32_t max_zero_point_offset = 1 << 14;
+
+/// The zero-points a spec's parameters may have.
+[[nodiscard]] constexpr int_limits zero_point_limits(const quant_spec& spec) noexcept {
+  const int_limits lim = spec.limits();
+  if (!spec.split_parts) return lim;
+  return {lim.qmin - max_zero_point_offset, lim.qmax + max_zero_point_offset};
+}
+
+/// Parameters that map the real range [lo, hi] (widened to include 0, unless the spec
+/// ranges complex parts apart) onto [qmin, qmax].
 /// Asymmetric: scale = (hi - lo) / (qmax - qmin), zero_point = qmin - round(lo / scale).
 /// Symmetric: scale = max(|lo|, |hi|) / qmax (signed) with zero_point 0, so that the largest
 /// magnitude maps to qmax; unsigned symmetric uses the same scale (the range is [0, max]).
@@ -37,8 +51,10 @@ inline constexpr float min_scale = std::numeric_limits<float>::epsilon();
   if (std::isnan(lo) || std::isnan(hi))
     throw std::invalid_argument("ssmq: cannot calibrate a quantizer from a NaN range");
   const auto [qmin, qmax] = spec.limits();
-  lo = std::min(lo, 0.0f);
-  hi = std::max(hi, 0.0f);
+  if (!spec.split_parts) {
+    lo = std::min(lo, 0.0f);
+    hi = std::max(hi, 0.0f);
+  }
   // Infinite ranges are clamped to the largest float so the scale stays finite.
   lo = std::max(lo, -std::numeric_limits<float>::max());
   hi = std::min(hi, std::numeric_limits<float>::max());
@@ -51,8 +67,13 @@ inline constexpr float min_scale = std::numeric_limits<float>::epsilon();
   } else {
     const double span = static_cast<double>(hi) - static_cast<double>(lo);
     p.scale = std::max(static_cast<float>(span / (static_cast<double>(qmax) - qmin)), min_scale);
+    if (spec.split_parts) {
+      const double amax = std::max(std::abs(static_cast<double>(lo)), std::abs(static_cast<double>(hi)));
+      p.scale = std::max(p.scale, static_cast<float>(amax / max_zero_point_offset));
+    }
     const double zp = qmin - static_cast<double>(round_half_up(lo / p.scale));
-    p.zero_point = static_cast<std::int32_t>(std::clamp<double>(zp, qmin, qmax));
+    const int_limits zl = zero_point_limits(spec);
+    p.zero_point = static_cast<std::int32_t>(std::clamp<double>(zp, zl.qmin, zl.qmax));
   }
   p.inv_scale = 1.0f / p.scale;
   return p;

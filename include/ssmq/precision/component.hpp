@@ -59,6 +59,8 @@ struct component_spec {
                 "ssmq: ssmq::inside_unit_circle applies to Abar only (it keeps the quantized state matrix stable)");
   static_assert(C == component::cbar || !spec.carries_bbar,
                 "ssmq: ssmq::carries_bbar applies to Cbar only (C̄ absorbs B̄ as the product C̄ B̄)");
+  static_assert(C == component::abar || C == component::bbar || C == component::cbar || !spec.split_parts,
+                "ssmq: ssmq::split_re_im applies to the complex tensors Abar, Bbar, Cbar only");
 };
 
 template <int Bits, class... P> using abar = component_spec<component::abar, Bits, P...>;

@@ -10,7 +10,8 @@
 //   state       per layer x [H, N/2] complex, batch 1, at the state precision.
 //               Under Cbar<b>f (C̄ carries B̄, s4d/fold.hpp) B̄ is one float32 per head.
 //   qparams     per quantized tensor or quantization point, per head (or once per tensor):
-//               a float32 scale plus a 16-bit zero-point (none for symmetric).
+//               a float32 scale plus a 16-bit zero-point (none for symmetric); twice for a
+//               complex tensor whose real and imaginary parts have their own ranges.
 #include <cstddef>
 
 #include "component.hpp"
@@ -47,7 +48,7 @@ enum class packing : unsigned char { slots, dense };
 /// Bytes of the quantization parameters of one quantizer over a tensor with `heads` heads.
 [[nodiscard]] constexpr std::size_t qparam_bytes(const quant_spec& s, std::size_t heads) noexcept {
   if (!s.quantized()) return 0;
-  const std::size_t n = s.gran == granularity::per_tensor ? 1 : heads;
+  const std::size_t n = (s.gran == granularity::per_tensor ? 1 : heads) * (s.split_parts ? 2 : 1);
   return n * (4 + (s.sym == symmetry::symmetric ? 0 : 2));
 }
 

@@ -129,7 +129,7 @@ struct component_from_spec {
            std::conditional_t<S.mode == range_mode::dynamic_range, dynamic, static_calibrated>>,
       if_t<S.range != D.range, narrow_range>, if_t<S.sign != D.sign, unsigned_int>,
       if_t<S.inside_unit_circle != D.inside_unit_circle, inside_unit_circle>,
-      if_t<S.carries_bbar != D.carries_bbar, carries_bbar>>::type;
+      if_t<S.carries_bbar != D.carries_bbar, carries_bbar>, if_t<S.split_parts != D.split_parts, split_re_im>>::type;
   template <class... P>
   static auto make(type_list<P...>) -> component_spec<C, S.bits, P...>;
   using type = decltype(make(policies{}));

@@ -12,6 +12,7 @@
 //             i (Abar only) rounds every mode strictly inside the unit circle: Abar8i
 //             f (Cbar only) C̄ carries B̄ (folded: B̄ keeps one float per head): Cbar8f.
 //               Bbar must then not be named; "all8_Cbar8f" leaves B̄ out.
+//             r (Abar, Bbar, Cbar only) the real and imaginary parts get their own ranges: Abar8r
 // "all<b>" must come first and sets every component; later items override it. A component
 // named twice is an error. Components not named stay float32.
 #include <array>
@@ -112,6 +113,7 @@ struct precision_spec {
     if (s.sign != d.sign) n.append("u");
     if (s.inside_unit_circle != d.inside_unit_circle) n.append("i");
     if (s.carries_bbar != d.carries_bbar) n.append("f");
+    if (s.split_parts != d.split_parts) n.append("r");
   }
   /// "p" and the percentile in percent, without trailing zeros: 99'900 -> "p99.9".
   static constexpr void append_percent(config_name& n, int milli) noexcept {
@@ -142,10 +144,12 @@ struct parse_result {
 
 [[nodiscard]] constexpr std::string_view flag_error(bool bad_percent) noexcept {
   return bad_percent ? std::string_view("a percentile after 'p' must lie in (50, 100] percent with at most 3 decimals, e.g. x8p99.9")
-                     : std::string_view("unknown flag (known: s a t h m p d n u i f)");
+                     : std::string_view("unknown flag (known: s a t h m p d n u i f r)");
 }
 inline constexpr std::string_view inside_error = "flag i (inside the unit circle) applies to Abar only, e.g. Abar8i";
 inline constexpr std::string_view fold_error = "flag f (C̄ carries B̄) applies to Cbar only, e.g. Cbar8f";
+inline constexpr std::string_view split_error =
+    "flag r (real and imaginary parts ranged apart) applies to Abar, Bbar, Cbar only, e.g. Abar8r";
 inline constexpr std::string_view folded_bbar_error = "Bbar is named but Cbar8f folds B̄ into C̄: leave Bbar out";
 
 /// Parses a precision name (see the grammar above). constexpr: usable in templates.
@@ -223,6 +227,7 @@ inline constexpr std::string_view folded_bbar_error = "Bbar is named but Cbar8f 
           case 'u': s.sign = signedness::unsigned_int; break;
           case 'i': s.inside_unit_circle = true; break;
           case 'f': s.carries_bbar = true; break;
+          case 'r': s.split_parts = true; break;
           default: return false;
         }
       }
@@ -234,6 +239,7 @@ inline constexpr std::string_view folded_bbar_error = "Bbar is named but Cbar8f 
         if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
         if (s.inside_unit_circle) return fail(start + digits, inside_error);
         if (s.carries_bbar) return fail(start + digits, fold_error);
+        if (s.split_parts) return fail(start + digits, split_error);
         r.spec[c] = s;
       }
     } else {
@@ -244,6 +250,8 @@ inline constexpr std::string_view folded_bbar_error = "Bbar is named but Cbar8f 
       if (!apply_flags(s)) return fail(start + digits, flag_error(bad_percent));
       if (s.inside_unit_circle && c != component::abar) return fail(start + digits, inside_error);
       if (s.carries_bbar && c != component::cbar) return fail(start + digits, fold_error);
+      if (s.split_parts && c != component::abar && c != component::bbar && c != component::cbar)
+        return fail(start + digits, split_error);
       r.spec[c] = s;
     }
     first_item = false;

@@ -32,6 +32,11 @@ struct quant_spec {
   /// C̄ only: C̄ carries B̄ (s4d/fold.hpp). With one input per head, B̄ and C̄ enter the output
   /// only as the product C̄_n B̄_n, so B̄ folds into C̄ exactly and leaves one float per head.
   bool carries_bbar = false;
+  /// Complex tensors only (Ā, B̄, C̄), in (re, im) format: the real and the imaginary parts
+  /// each get their own range (per head, or per tensor). Ā's real parts crowd just below 1
+  /// while its imaginary parts spread over (-1, 1): one shared range leaves the real parts,
+  /// which set each mode's decay, a handful of levels.
+  bool split_parts = false;
 
   [[nodiscard]] constexpr bool quantized() const noexcept { return bits != fp32; }
   [[nodiscard]] constexpr int_limits limits() const noexcept { return limits_of(bits, sign, range); }
@@ -85,6 +90,11 @@ struct inside_unit_circle {
 /// C̄ only: fold B̄ into C̄ (see quant_spec::carries_bbar); the configuration names no B̄.
 struct carries_bbar {
   static constexpr void apply(quant_spec& s) noexcept { s.carries_bbar = true; }
+};
+
+/// Ā, B̄, C̄ only: the real and imaginary parts get their own ranges (see quant_spec).
+struct split_re_im {
+  static constexpr void apply(quant_spec& s) noexcept { s.split_parts = true; }
 };
 
 /// A policy tag: something that edits a quant_spec.

@@ -141,6 +141,10 @@ struct fake_quant_parts {
   auto point = [&](component c, std::size_t heads) { return point_quantizer{spec[c], heads, {}}; };
   // Parameters: their range always follows their own values.
   auto parameter = [&](component c, std::size_t heads, complex_format f = complex_format::re_im) {
+    if (f == complex_format::polar && spec[c].split_parts)
+      throw std::invalid_argument(std::string("ssmq: '") + std::string(spec.name().view()) +
+                                  "' ranges a complex tensor's real and imaginary parts apart (flag r), which "
+                                  "its polar format has none of: drop the flag or use the (re, im) format");
     point_quantizer q = point(c, heads);
     q.spec.mode = range_mode::static_range;
     q.format = f;

@@ -5,9 +5,10 @@
 // from the tensor they quantize, at every use.
 //
 // Complex tensors (Ā, B̄, C̄) are quantized in one of two formats: (re, im) pairs sharing one
-// parameter set per head (the paper's default), or polar: the magnitude and the phase, each
-// with its own per-head parameters, then re/im rebuilt from them. Polar keeps every
-// magnitude within the head's largest one, so a stable Ā stays stable at any bit-width.
+// parameter set per head (the paper's default; under spec.split_parts the real and the
+// imaginary parts each have their own), or polar: the magnitude and the phase, each with its
+// own per-head parameters, then re/im rebuilt from them. Polar keeps every magnitude within
+// the head's largest one, so a stable Ā stays stable at any bit-width.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -57,19 +58,23 @@ struct point_quantizer {
   quant_spec spec;                     ///< bits == fp32: not quantized
   std::size_t heads = 1;               ///< heads of the tensors this point sees
   std::vector<affine_params> params;   ///< frozen parameters (static); heads or 1 entries;
-                                       ///< the magnitude's for a polar point
+                                       ///< the magnitude's for a polar point, the real
+                                       ///< part's under spec.split_parts
   complex_format format = complex_format::re_im;  ///< for complex tensors (apply_complex)
-  std::vector<affine_params> phase_params{};      ///< polar: the phase's parameters
+  std::vector<affine_params> second_params{};     ///< polar: the phase's parameters; (re, im)
+                                                  ///< under spec.split_parts: the imaginary part's
 
   [[nodiscard]] bool active() const noexcept { return spec.quantized(); }
   [[nodiscard]] bool is_static() const noexcept { return spec.mode == range_mode::static_range; }
-  [[nodiscard]] bool frozen() const noexcept {
-    return !params.empty() && (format == complex_format::re_im || !phase_params.empty());
-  }
+  /// Whether a complex tensor has a second parameter set (polar, or split (re, im)).
+  [[nodiscard]] bool two_sets() const noexcept { return format == complex_format::polar || spec.split_parts; }
+  [[nodiscard]] bool frozen() const noexcept { return !params.empty() && (!two_sets() || !second_params.empty()); }
 
-  /// Parameters of head h (per-tensor points have one).
-  [[nodiscard]] const affine_params& of_head(std::size_t h) const {
-    return params[spec.gran == granularity::per_tensor ? 0 : h];
+  /// Parameters of head h (per-tensor points have one); `imaginary`: those of a complex
+  /// tensor's imaginary part (the same set unless spec.split_parts).
+  [[nodiscard]] const affine_params& of_head(std::size_t h, bool imaginary = false) const {
+    const std::size_t k = spec.gran == granularity::per_tensor ? 0 : h;
+    return imaginary && spec.split_parts ? second_params[k] : params[k];
   }
 
   /// Fake-quantizes x in place; x is laid out [outer, heads, inner]. Static points must be
@@ -99,17 +104,21 @@ struct point_quantizer {
       return;
     }
     const head_layout layout = head_layout{heads, inner}.for_granularity(spec.gran);
-    std::vector<affine_params> dyn;
+    std::pair<std::vector<affine_params>, std::vector<affine_params>> dyn;
     if (!is_static()) dyn = complex_params(re, im, inner);
     else if (!frozen()) throw std::logic_error("ssmq: a static quantization point was used before calibration");
-    const std::span<const affine_params> p = is_static() ? std::span<const affine_params>(params) : dyn;
-    kernels::scalar::fake_quant(re, re, p, layout, spec.limits());
-    kernels::scalar::fake_quant(im, im, p, layout, spec.limits());
+    const std::span<const affine_params> p_re = is_static() ? std::span<const affine_params>(params) : dyn.first;
+    const std::span<const affine_params> p_im =
+        !spec.split_parts ? p_re : is_static() ? std::span<const affine_params>(second_params) : dyn.second;
+    kernels::scalar::fake_quant(re, re, p_re, layout, spec.limits());
+    kernels::scalar::fake_quant(im, im, p_im, layout, spec.limits());
   }
 
-  /// Parameters covering both parts of a complex tensor [heads, inner] (re and im).
-  [[nodiscard]] std::vector<affine_params> complex_params(std::span<const float> re, std::span<const float> im,
-                                                          std::size_t inner) const {
+  /// Parameters of a complex tensor [heads, inner] in (re, im) format: one set covering both
+  /// parts (second empty), or under spec.split_parts the real part's and the imaginary part's.
+  [[nodiscard]] std::pair<std::vector<affine_params>, std::vector<affine_params>> complex_params(
+      std::span<const float> re, std::span<const float> im, std::size_t inner) const {
+    if (spec.split_parts) return {dynamic_params(re, {heads, inner}, spec), dynamic_params(im, {heads, inner}, spec)};
     const std::size_t outer = re.size() / (heads * inner);
     std::vector<float> both(2 * re.size());
     for (std::size_t o = 0; o < outer; ++o)
@@ -119,7 +128,7 @@ struct point_quantizer {
         std::copy_n(im.begin() + static_cast<std::ptrdiff_t>(src), inner,
                     both.begin() + static_cast<std::ptrdiff_t>(dst + inner));
       }
-    return dynamic_params(both, {heads, 2 * inner}, spec);
+    return {dynamic_params(both, {heads, 2 * inner}, spec), {}};
   }
 
   /// The fake-quantized magnitude and phase of a complex tensor [heads, inner] (polar
@@ -133,7 +142,7 @@ struct point_quantizer {
     if (!is_static()) dyn = polar_params(p, inner);
     else if (!frozen()) throw std::logic_error("ssmq: a static quantization point was used before calibration");
     kernels::scalar::fake_quant(p.mag, p.mag, is_static() ? params : dyn.first, layout, spec.limits());
-    kernels::scalar::fake_quant(p.phase, p.phase, is_static() ? phase_params : dyn.second, layout, spec.limits());
+    kernels::scalar::fake_quant(p.phase, p.phase, is_static() ? second_params : dyn.second, layout, spec.limits());
     return p;
   }
 
@@ -169,17 +178,18 @@ struct point_quantizer {
   /// format (used for Ā, B̄, C̄).
   void fit_complex(std::span<const float> re, std::span<const float> im, std::size_t inner) {
     if (!active()) return;
-    if (format == complex_format::polar) std::tie(params, phase_params) = polar_params(to_polar(re, im), inner);
-    else params = complex_params(re, im, inner);
+    if (format == complex_format::polar) std::tie(params, second_params) = polar_params(to_polar(re, im), inner);
+    else std::tie(params, second_params) = complex_params(re, im, inner);
   }
 
   /// Under spec.inside_unit_circle (Ā in (re, im) format; otherwise nothing): every value of
   /// the fake-quantized tensor (re, im) [outer, heads, inner] on or outside the unit circle
   /// moves to the grid point strictly inside it nearest to its unquantized value (ref_re,
-  /// ref_im; a reference on or outside the circle is first pulled half a step inside, or to 0
-  /// when a step exceeds the circle). Rounding both levels of the reference toward the zero
-  /// level (0 is always on the grid) gives a point inside within one level of its nearest, so
-  /// the nearest inside point lies within 3 levels of it: the search covers that window.
+  /// ref_im; a reference on or outside the circle is first pulled half a (larger) step inside,
+  /// or to 0 when a step exceeds the circle). Rounding both levels of the reference toward
+  /// smaller magnitudes (toward 0, or for a part ranged apart whose grid lies above 0, down)
+  /// gives a point inside within one level of its nearest, so the nearest inside point lies
+  /// within 3 levels of it: the search covers that window.
   void keep_inside_unit_circle(std::span<const float> ref_re, std::span<const float> ref_im, std::span<float> re,
                                std::span<float> im, std::size_t inner) const {
     if (!active() || !spec.inside_unit_circle || format != complex_format::re_im) return;
@@ -188,18 +198,20 @@ struct point_quantizer {
     for (std::size_t i = 0; i < re.size(); ++i) {
       if (!(norm2(re[i], im[i]) >= 1.0)) continue;  // inside, or NaN
       const affine_params& p = of_head((i / inner) % heads);
+      const affine_params& pi = of_head((i / inner) % heads, true);
       double tr = ref_re[i], ti = ref_im[i];
       if (const double r = std::hypot(tr, ti); !(r < 1.0)) {
-        const double pull = std::max(0.0, 1.0 - 0.5 * static_cast<double>(p.scale)) / r;  // half a step inside
+        const double step = std::max(p.scale, pi.scale);
+        const double pull = std::max(0.0, 1.0 - 0.5 * step) / r;  // half a step inside
         tr *= pull;
         ti *= pull;
       }
       const auto lr = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(tr), p, lim));
-      const auto li = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(ti), p, lim));
+      const auto li = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(ti), pi, lim));
       double best = std::numeric_limits<double>::infinity();
       for (std::int32_t a = std::max(lr - 3, lim.qmin); a <= std::min(lr + 3, lim.qmax); ++a)
         for (std::int32_t b = std::max(li - 3, lim.qmin); b <= std::min(li + 3, lim.qmax); ++b) {
-          const float vr = kernels::scalar::dequantize_value(a, p), vi = kernels::scalar::dequantize_value(b, p);
+          const float vr = kernels::scalar::dequantize_value(a, p), vi = kernels::scalar::dequantize_value(b, pi);
           if (!(norm2(vr, vi) < 1.0)) continue;
           const double d = (vr - tr) * (vr - tr) + (vi - ti) * (vi - ti);
           if (d < best) {

@@ -128,6 +128,10 @@ class qat_model {
       if (spec[c].quantized() && spec[c].mode != range_mode::static_range)
         throw std::invalid_argument("ssmq: QAT needs static (calibrated) ranges for activations and the state; '" +
                                     std::string(spec.name().view()) + "' asks for dynamic ones");
+    if (param == abar_parameterization::polar && spec[component::abar].split_parts)
+      throw std::invalid_argument("ssmq: '" + std::string(spec.name().view()) +
+                                  "' ranges Abar's real and imaginary parts apart (flag r); the polar "
+                                  "parameterization quantizes its magnitude and phase instead");
     const std::size_t H = shape().heads;
     q_enc_in_ = {spec[component::acts], shape().inputs, {}};
     q_dec_in_ = {spec[component::acts], H, {}};
@@ -313,7 +317,7 @@ class qat_model {
       q.q_abar = l.q_abar;
       if (polar) {  // Ā as its quantized magnitude and phase, which prepare() rebuilt re/im from
         q.q_abar.format = complex_format::polar;
-        q.q_abar.phase_params = l.q_abar_phase.params;
+        q.q_abar.second_params = l.q_abar_phase.params;
         if (q.q_abar.active()) q.abar_polar = {l.mag_q, l.phase_q};
       }
       q.q_bbar = l.q_bbar;
@@ -675,16 +679,17 @@ class qat_model {
     m_im.assign(im.size(), 1.0f);
     if (!q.active()) return;
     q.spec.mode = range_mode::static_range;
-    q.params = q.complex_params(re, im, inner);
+    q.fit_complex(re, im, inner);
     q.apply_complex(out_re, out_im, inner);
     set_mask(q, re, inner, m_re);
-    set_mask(q, im, inner, m_im);
+    set_mask(q, im, inner, m_im, true);
   }
+  /// `imaginary`: v is a complex tensor's imaginary part (its own range under split_parts).
   static void set_mask(const point_quantizer& q, const std::vector<float>& v, std::size_t inner,
-                       std::vector<float>& mask) {
+                       std::vector<float>& mask, bool imaginary = false) {
     const int_limits lim = q.spec.limits();
     for (std::size_t i = 0; i < v.size(); ++i)
-      mask[i] = kernels::scalar::ste_passes(v[i], q.of_head((i / inner) % q.heads), lim) ? 1.0f : 0.0f;
+      mask[i] = kernels::scalar::ste_passes(v[i], q.of_head((i / inner) % q.heads, imaginary), lim) ? 1.0f : 0.0f;
   }
   static void masked(const std::vector<float>& g, const std::vector<float>& mask, std::vector<float>& out) {
     out.resize(g.size());
