@@ -261,7 +261,7 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
       CHECK(std::memcmp(x.abar_re.data(), y.abar_re.data(), x.abar_re.size() * sizeof(float)) == 0);
       CHECK(std::memcmp(x.abar_im.data(), y.abar_im.data(), x.abar_im.size() * sizeof(float)) == 0);
       CHECK(x.q_state.params == y.q_state.params);
-      CHECK(x.q_abar.phase_params == y.q_abar.phase_params);
+      CHECK(x.q_abar.second_params == y.q_abar.second_params);
     }
     // Saving the loaded model gives the same bytes.
     CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) ==

@@ -471,9 +471,9 @@ TEST_CASE("polar and re_im both work: values on their grids, scalar and SIMD ste
     }
     // Magnitude and phase are levels of their own quantizers; re/im are rebuilt from them.
     const std::size_t M = m.shape().modes();
-    REQUIRE(l0.q_cbar.phase_params.size() == 1);  // Cbar4t: per tensor
+    REQUIRE(l0.q_cbar.second_params.size() == 1);  // Cbar4t: per tensor
     for (const auto& [values, params] : {std::pair{&l0.bbar_polar.mag, &l0.q_bbar.params},
-                                         std::pair{&l0.bbar_polar.phase, &l0.q_bbar.phase_params}})
+                                         std::pair{&l0.bbar_polar.phase, &l0.q_bbar.second_params}})
       for (std::size_t i = 0; i < values->size(); ++i) {
         const auto& p = (*params)[i / M];
         const float level = (*values)[i] / p.scale + static_cast<float>(p.zero_point);
