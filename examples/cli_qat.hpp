@@ -124,6 +124,20 @@ inline std::string qat_fingerprint(const qat_args& a) {
   return buf;
 }
 
+/// FNV-1a (64 bit) of a file's bytes, in hex: which pre-trained model a run started from, so
+/// that --resume with another --model is refused (the fingerprint holds options only).
+inline std::string file_digest(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("ssmq: cannot read " + path);
+  std::uint64_t h = 14695981039346656037ull;
+  char buf[4096];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0)
+    for (std::streamsize i = 0; i < in.gcount(); ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 inline void shorten(ssmq::data::image_dataset& ds, std::size_t limit) {
   if (limit > 0 && limit < ds.size()) (void)ds.split_off(limit, "unused");
 }
@@ -148,6 +162,7 @@ inline int run_qat(const qat_args& a) {
     throw std::invalid_argument("ssmq qat --distill-temperature: must be a finite number > 0, not " +
                                 std::to_string(a.distill_temperature));
   const auto ck = ssmq::io::load_model(a.model);
+  const std::string model_digest = file_digest(a.model);
   const ssmq::precision_spec spec = ssmq::precision_from_name(a.config);
   const auto param = ssmq::quant::parameterization_from_name(a.param);
   auto split = ssmq::data::load_mnist_directory(a.data, a.val_size);
@@ -189,6 +204,9 @@ inline int run_qat(const qat_args& a) {
     if (ssmq::io::metadata_string(f, "train.fingerprint") != qat_fingerprint(a))
       throw std::invalid_argument("ssmq qat --resume: the saved run used other options (" +
                                   ssmq::io::metadata_string(f, "train.fingerprint") + ")");
+    // States saved before the digest was recorded resume unchecked.
+    if (f.metadata.contains("qat.model_digest") && ssmq::io::metadata_string(f, "qat.model_digest") != model_digest)
+      throw std::invalid_argument("ssmq qat --resume: the saved run started from another --model than " + a.model);
     model = ssmq::io::qat_from_safetensors(f, ssmq::io::optimizer_tensor_names(f)).model;
     ssmq::io::restore_optimizer_state(f, model.shadows, opt);
     if (a.average > 0.0) ssmq::io::restore_average_state(f, average.emplace(model.shadows, a.average));
@@ -256,6 +274,7 @@ inline int run_qat(const qat_args& a) {
     ssmq::io::set_metadata(f, "train.best_epoch", best_epoch);
     ssmq::io::set_metadata(f, "qat.ptq_val_accuracy", ptq_val);
     ssmq::io::set_metadata(f, "qat.ptq_test_accuracy", ptq_test);
+    ssmq::io::set_metadata(f, "qat.model_digest", model_digest);
     ssmq::io::set_metadata(f, "train.seconds", seconds);
     ssmq::io::save_safetensors(state, f);
   }, average ? &*average : nullptr, freezer ? &*freezer : nullptr);
