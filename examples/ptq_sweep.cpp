@@ -71,6 +71,21 @@ using hetero_inside = ssmq::precision<ssmq::abar<SsmBits, ssmq::inside_unit_circ
                                       ssmq::dskip<4>, ssmq::state<SsmBits>, ssmq::ssm_acts<6>, ssmq::weights<4>,
                                       ssmq::acts<6>>;
 
+// Ā's real and imaginary parts ranged apart (flag r): Ā alone at 4..12 bits, every component
+// at 8 bits with it (with the state at 8 and at 12 bits), and the paper's heterogeneous
+// configuration with it.
+template <int... I>
+constexpr auto abar_split_alone(std::integer_sequence<int, I...>) {
+  return hana::tuple_t<ssmq::precision<ssmq::abar<I + 4, ssmq::split_re_im>>...>;
+}
+constexpr auto split_widths = std::make_integer_sequence<int, 9>{};  // 4..12 bits
+template <int StateBits>
+using all8_split = ssmq::precision<ssmq::abar<8, ssmq::split_re_im>, ssmq::bbar<8>, ssmq::cbar<8>, ssmq::dskip<8>,
+                                   ssmq::state<StateBits>, ssmq::ssm_acts<8>, ssmq::weights<8>, ssmq::acts<8>>;
+using hetero_split = ssmq::precision<ssmq::abar<8, ssmq::split_re_im>, ssmq::bbar<4>, ssmq::cbar<4>, ssmq::dskip<4>,
+                                     ssmq::state<8>, ssmq::ssm_acts<6>, ssmq::weights<4>, ssmq::acts<6>>;
+using all8_x12 = ssmq::precision_named<"Abar8_Bbar8_Cbar8_D8_x12_ssm8_W8_act8">;
+
 constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
     hana::tuple_t<ssmq::paper::float32>,
     alone<component::abar>(widths), alone<component::bbar>(widths), alone<component::cbar>(widths),
@@ -86,7 +101,9 @@ constexpr auto sweep_configs = hana::flatten(hana::make_tuple(
     state_alone(state_percentiles), all8_state(state_percentiles),
     hana::tuple_t<hetero_state<8, 99'900>, hetero_state<6, 99'900>>,
     // Ā rounded inside the unit circle (flag i)
-    abar_inside_alone(inside_widths), hana::tuple_t<all8_inside, hetero_inside<8>, hetero_inside<6>>));
+    abar_inside_alone(inside_widths), hana::tuple_t<all8_inside, hetero_inside<8>, hetero_inside<6>>,
+    // Ā's parts ranged apart (flag r); uniform 8 bits with x12 beside it for comparison
+    abar_split_alone(split_widths), hana::tuple_t<all8_split<8>, all8_x12, all8_split<12>, hetero_split>));
 
 static_assert(hetero_state<8, 99'900>::name() == "Abar8_Bbar4_Cbar4_D4_x8p99.9_ssm6_W4_act6");
 static_assert(std::is_same_v<hetero_state<6, 99'900>, ssmq::precision_named<"Abar6_Bbar4_Cbar4_D4_x6p99.9_ssm6_W4_act6">>);
@@ -94,6 +111,9 @@ static_assert(ssmq::precision<ssmq::abar<4, ssmq::inside_unit_circle>>::name() =
 static_assert(ssmq::precision<ssmq::abar<10, ssmq::inside_unit_circle>>::name() == "Abar10i");
 static_assert(all8_inside::name() == "Abar8i_Bbar8_Cbar8_D8_x8_ssm8_W8_act8");
 static_assert(std::is_same_v<all8_inside, ssmq::precision_named<"Abar8i_Bbar8_Cbar8_D8_x8_ssm8_W8_act8">>);
+static_assert(ssmq::precision<ssmq::abar<8, ssmq::split_re_im>>::name() == "Abar8r");
+static_assert(all8_split<12>::name() == "Abar8r_Bbar8_Cbar8_D8_x12_ssm8_W8_act8");
+static_assert(std::is_same_v<hetero_split, ssmq::precision_named<"Abar8r_Bbar4_Cbar4_D4_x8_ssm6_W4_act6">>);
 static_assert(hetero_inside<8>::name() == "Abar8i_Bbar4_Cbar4_D4_x8_ssm6_W4_act6");
 static_assert(std::is_same_v<hetero_inside<6>, ssmq::precision_named<"Abar6i_Bbar4_Cbar4_D4_x6_ssm6_W4_act6">>);
 
@@ -141,14 +161,19 @@ int main(int argc, char** argv) {
       csv << "config,accuracy,loss,parameter_bytes,state_bytes,qparam_bytes,total_bytes,reduction,"
              "dense_parameter_bytes,unstable_modes,max_abs_abar,state_clamp_rate,output_clamp_rate,seconds\n";
     const std::size_t total = hana::length(sweep_configs);
-    ssmq::train::progress prog("ptq sweep", total, "configs", 0.0);
-    std::size_t index = 0;
+    // Progress and time left count only the rows this run evaluates (not those in the CSV).
+    auto selected = [&](const std::string& name) {
+      return !done.contains(name) && (a.only.empty() || name.find(a.only) != std::string::npos);
+    };
+    std::size_t todo = 0, evaluated = 0;
+    hana::for_each(sweep_configs, [&](auto t) { todo += selected(std::string(decltype(t)::type::name())) ? 1 : 0; });
+    ssmq::train::progress prog("ptq sweep", todo, "configs", 0.0);
     const auto f32 = ssmq::memory_footprint(ssmq::precision_spec{}, ck.model.shape());
     hana::for_each(sweep_configs, [&](auto t) {
       using config = typename decltype(t)::type;
-      ++index;
       const std::string name(config::name());
-      if (done.contains(name) || (!a.only.empty() && name.find(a.only) == std::string::npos)) return;
+      if (!selected(name)) return;
+      ++evaluated;
       const auto t0 = std::chrono::steady_clock::now();
       try {
       ssmq::quant::fake_quant_model q(ck.model, config::spec);
@@ -170,12 +195,13 @@ int main(int argc, char** argv) {
                     rep.unstable_modes(), static_cast<double>(max_abar), rate(st.state_clamped, st.state_values),
                     rate(st.output_clamped, st.output_values), secs);
       csv << row << '\n' << std::flush;
-      prog.update(index, name + " " + std::to_string(r.accuracy), true);
+      prog.update(evaluated, name + " " + std::to_string(r.accuracy), true);
       } catch (const std::exception& e) {  // one failing configuration does not stop the sweep
         std::fprintf(stderr, "ptq sweep: %s failed: %s (no row written; a rerun retries it)\n", name.c_str(), e.what());
       }
     });
-    std::fprintf(stderr, "ptq sweep: %zu configurations in %s\n", total, ssmq::train::progress::hms(prog.elapsed()).c_str());
+    std::fprintf(stderr, "ptq sweep: %zu of %zu configurations evaluated in %s\n", evaluated, total,
+                 ssmq::train::progress::hms(prog.elapsed()).c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

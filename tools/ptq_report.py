@@ -90,6 +90,22 @@ INSIDE_CONFIGS = [
 ]
 
 
+# Ā's real and imaginary parts ranged apart (flag r): Ā alone at these widths (`Abar<b>r`),
+# and these configurations with it, as (configuration with one shared range, the same with r).
+ABAR_SPLIT_BITS = list(range(4, 13))
+SPLIT_CONFIGS = [
+    ("all8", "Abar8r_Bbar8_Cbar8_D8_x8_ssm8_W8_act8"),
+    ("Abar8_Bbar8_Cbar8_D8_x12_ssm8_W8_act8", "Abar8r_Bbar8_Cbar8_D8_x12_ssm8_W8_act8"),
+    (HETERO[0], "Abar8r_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"),
+]
+
+
+def abar_split_names():
+    """The configurations of the sweep's set with Ā's parts ranged apart, in its order."""
+    return [f"Abar{b}r" for b in ABAR_SPLIT_BITS] + [SPLIT_CONFIGS[0][1], SPLIT_CONFIGS[1][0]] + \
+        [split for _, split in SPLIT_CONFIGS[1:]]
+
+
 def abar_inside_names():
     """The configurations of the sweep's set with Ā inside the unit circle, in its order."""
     return [f"Abar{b}i" for b in ABAR_INSIDE_BITS] + [inside for _, inside in INSIDE_CONFIGS]
@@ -118,23 +134,25 @@ FLAGS = {
     "n": (5, "narrow"),
     "u": (6, "unsigned"),
     "i": (8, "inside_unit_circle"),
+    "r": (9, "split"),
 }
 PERCENTILE_FIELD = 7
 INSIDE_ONLY = {"Abar"}  # the components that accept the flag i
+SPLIT_ONLY = {"Abar", "Bbar", "Cbar"}  # the components that accept the flag r
 DEFAULT_PERCENTILE_MILLI = 99_999
-FLAG_RE = r"(?:[sathmdnui]|p(?:\d+(?:\.\d{1,3})?)?)"
+FLAG_RE = r"(?:[sathmdnuir]|p(?:\d+(?:\.\d{1,3})?)?)"
 ITEM_RE = re.compile(r"^(Abar|Bbar|Cbar|D|x|ssm|W|act|all)(\d+)(" + FLAG_RE + r"*)$")
-FLAG_TOKEN_RE = re.compile(r"[sathmdnui]|p(?:\d+(?:\.\d{1,3})?)?")
+FLAG_TOKEN_RE = re.compile(r"[sathmdnuir]|p(?:\d+(?:\.\d{1,3})?)?")
 
 
 # ---- configuration names ---------------------------------------------------------------------
 
 def default_policy(token, bits):
     """(bits, symmetry, granularity, calibration, mode, range, sign, percentile in thousandths
-    of a percent, rounding) of a component's default."""
+    of a percent, rounding, complex parts' ranges) of a component's default."""
     gran = "per_tensor" if token in PER_TENSOR_BY_DEFAULT else "per_head"
     return (bits, "asymmetric", gran, "percentile", "static", "full", "signed",
-            DEFAULT_PERCENTILE_MILLI, "nearest")
+            DEFAULT_PERCENTILE_MILLI, "nearest", "shared")
 
 
 def percent_to_milli(text):
@@ -175,6 +193,8 @@ def config_key(name):
         token, bits, flags = m.group(1), int(m.group(2)), m.group(3)
         if "i" in flags and token not in INSIDE_ONLY:  # as ssmq's parser: flag i on Ā only
             return None
+        if "r" in flags and token not in SPLIT_ONLY:  # flag r on Ā, B̄, C̄ only
+            return None
         if token == "all":
             if position != 0:
                 return None
@@ -196,6 +216,7 @@ def expected_names():
     names += HETERO
     names += state_percentile_names()
     names += abar_inside_names()
+    names += abar_split_names()
     return names
 
 
@@ -524,6 +545,40 @@ def section_abar_inside(results):
     return lines
 
 
+def section_abar_split(results):
+    lines = [
+        "## Ā with its real and imaginary parts ranged apart",
+        "",
+        "By default the real and imaginary parts of a head's Ā share one range, stretched to",
+        "include 0: the real parts, which lie in about [0.98, 1) and set each mode's decay, get",
+        "the few levels near the top of a grid that spans the imaginary parts too. With the flag",
+        "`r` (`Abar8r`) each part has its own per-head range, fitted to its values alone (0 need",
+        "not lie in it), at the cost of a second scale and zero-point per head. Accuracies are",
+        "test accuracies in percent; unstable modes have quantized |Ā| >= 1.",
+        "",
+    ]
+
+    def unstable(row):
+        return MISSING if row is None else str(int(row["unstable_modes"]))
+
+    rows = []
+    for b in ABAR_SPLIT_BITS:
+        shared, split = lookup(results, f"Abar{b}"), lookup(results, f"Abar{b}r")
+        rows.append([str(b), pct(shared, 2), unstable(shared), pct(split, 2), unstable(split)])
+    lines += [table(["Ā bits", "one range (`Abar<b>`): accuracy %", "one range: unstable modes",
+                     "parts apart (`Abar<b>r`): accuracy %", "parts apart: unstable modes"], rows, "rrrrr"), ""]
+    lines += ["Every component at 8 bits (with the state at 8 and at 12 bits) and the paper's",
+              "heterogeneous configuration, with one range and with Ā's parts ranged apart:", ""]
+    rows = []
+    for name, split_name in SPLIT_CONFIGS:
+        shared, split = lookup(results, name), lookup(results, split_name)
+        rows.append([code(name), pct(shared, 2), unstable(shared), code(split_name), pct(split, 2),
+                     unstable(split)])
+    lines += [table(["configuration (one range)", "accuracy %", "unstable modes", "with Ā's parts apart",
+                     "accuracy %", "unstable modes"], rows, "lrrlrr"), ""]
+    return lines
+
+
 def section_stability(results):
     fp32 = lookup(results, "fp32")
     lines = [
@@ -793,6 +848,7 @@ def build_markdown(results, warnings, csv_path, discussion_path):
     lines += section_hetero(results)
     lines += section_state_percentile(results)
     lines += section_abar_inside(results)
+    lines += section_abar_split(results)
     lines += section_stability(results)
     lines += section_other(results, extra)
     lines += section_discussion(discussion_path)

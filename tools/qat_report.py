@@ -62,6 +62,15 @@ FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "
               ("fold4h-x12-frozen", "hetero8-x12-frozen")]
 
 
+# Ā's real and imaginary parts ranged apart (flag r, tools/qat-runs split): each such run beside
+# the run of the same recipe with one shared range (None: no counterpart).
+SPLIT_PAIRS = [("fold8r-k28-x16-frozen-osc0.05b4-s0", "fold8-k28-x16-frozen-osc0.05b4-s0"),
+               ("fold4r-wide-frozen-osc0.05-s0", "fold4-wide-frozen-osc0.05-s0"),
+               ("all8r-x12-frozen-s0", "all8-x12-frozen-s0"),
+               ("hetero8r-frozen-s0", "hetero8-frozen-s0"),
+               ("fold4-a12-x16-frozen-osc0.05b4-s0", "fold4-x16-frozen-osc0.05-s0")]
+
+
 # A recipe may end in -xp<P>: the state's range calibrated at the P-th percentile (x8p<P> in
 # the configuration name) instead of the reference's 99.999.
 XP = re.compile(r"(.+)-xp(\d+(?:\.\d+)?)")
@@ -151,7 +160,7 @@ def main():
     w("")
     w("```")
     w("tools/qat-runs              # every run of the plan (resumable; finished runs are skipped)")
-    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate oseeds omore ofrom rtwide prune prune28")
+    w("tools/qat-runs headline     # one group: headline abar state recipe best search start xrange seeds inside long xbest average xwide dampen ablate xseeds wide wseeds fold fseeds freeze distill oscillate oseeds omore ofrom rtwide prune prune28 split")
     w("tools/qat-report            # this page and qat-curves.png, qat-abar.png, qat-footprint.png")
     w("```")
     w("")
@@ -375,6 +384,30 @@ def main():
               f"{float(r['reduction_parameters']):.2f}x |")
     else:
         w("Not run yet (`tools/qat-runs prune`).")
+    w("")
+
+    w("## Ā's real and imaginary parts ranged apart (flag r)")
+    w("")
+    if any(a in runs for a, _ in SPLIT_PAIRS):
+        w("With `Abar8r` each head's real and imaginary parts of Ā have their own range ([../precision.md](../precision.md),")
+        w("\"The real and imaginary parts ranged apart\"): the parameter bytes are unchanged, the")
+        w("quantization parameters of Ā double. Each run beside the same recipe with one shared range")
+        w("(the last pair: Ā at 12 bits with one range, nearly exact, against Ā at 8). Seed 0, 10 epochs;")
+        w("the epoch is chosen on validation.")
+        w("")
+        w("| run | configuration | PTQ val % | best val % (epoch) | test % | one range: run | PTQ val % | best val % (epoch) | test % |")
+        w("|---|---|--:|--:|--:|---|--:|--:|--:|")
+        for a, b in SPLIT_PAIRS:
+            if a not in runs:
+                w(f"| {a} | not run yet | | | | {b} | | | |")
+                continue
+            r, o = runs[a], runs.get(b)
+            other = (f"{b} | {pct(o['ptq_val_accuracy'])} | {pct(o['best_val_accuracy'])} ({o['best_epoch']}) | "
+                     f"{pct(o['test_accuracy'])}") if o else f"{b} | - | - | -"
+            w(f"| {a} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
+              f"{pct(r['test_accuracy'])} | {other} |")
+    else:
+        w("Not run yet (`tools/qat-runs split`).")
     w("")
 
     # Ablation of the heterogeneous point with x12: one group of components back at 8 bits.
