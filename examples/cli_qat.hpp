@@ -328,7 +328,7 @@ inline int run_margins(const std::string& path) {
   std::printf("| tensor | bits | values | within 0.01 step of a threshold | within 0.05 step | clipped |\n");
   std::printf("|---|--:|--:|--:|--:|--:|\n");
   q.for_each_quantized_shadow(pp, [&](const ssmq::quant::qat_model::quantized_view& v, auto get) {
-    const auto m = ssmq::quant::rounding_margins(get(q.shadows), v.point, v.inner);
+    const auto m = ssmq::quant::rounding_margins(get(q.shadows), v.point, v.inner, v.imaginary);
     const double n = m.values ? static_cast<double>(m.values) : 1.0;
     std::printf("| %s | %d | %zu | %.1f %% | %.1f %% | %zu |\n", v.name.c_str(), v.point.spec.bits, m.values,
                 100.0 * static_cast<double>(m.within_1pc) / n, 100.0 * static_cast<double>(m.within_5pc) / n, m.clipped);

@@ -4,6 +4,7 @@
 // shipped file still loads; every malformed file is a clear error.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include <ssmq/io/quantized_model.hpp>
@@ -241,6 +243,9 @@ TEST_CASE("a calibrated model saved and loaded gives identical outputs") {
                           {"all8", {re_im, polar, re_im}, ssmq::norm_placement::none},
                           {"Abar8_Cbar4f_D4_x8_ssm6_W4_act6", complex_format::re_im, ssmq::norm_placement::pre},
                           {"all8_Cbar8f", complex_format::polar, ssmq::norm_placement::none},
+                          {"Abar8r_Cbar4fr_D4_x12_ssm8_W4_act8", complex_format::re_im, ssmq::norm_placement::pre},
+                          {"Abar6ir_Bbar5tr_Cbar6sr_x8_act8", complex_format::re_im, ssmq::norm_placement::none},
+                          {"Abar8r_Cbar6", {re_im, re_im, polar}, ssmq::norm_placement::post},
                           {"fp32", complex_format::re_im, ssmq::norm_placement::none}}) {
     INFO(v.config, " polar Abar, Bbar, C: ", v.cf.abar == polar, v.cf.bbar == polar, v.cf.cbar == polar);
     const auto q = fx.calibrated(v.config, v.cf, v.norm);
@@ -495,4 +500,105 @@ TEST_CASE("B̄ folded into C̄ (Cbar<b>f): the same function, one float per head
   auto missing = f;
   missing.tensors.erase("s4_layers.1.kernel.Bbar_folded");
   check_load_fails(missing, {"s4_layers.1.kernel.Bbar_folded"});
+}
+
+TEST_CASE("parts ranged apart (flag r): T.re.* and T.im.*, zero-points beyond [qmin, qmax] within their limits") {
+  const fixture fx;
+  const char* config = "Abar8r_Cbar4fr_D4_x12_ssm8_W4_act8";
+  const auto q = fx.calibrated(config);
+  const auto f = io::quantized_to_safetensors(q, fx.norm);
+  CHECK(io::metadata_string(f, "ssmq.precision") == config);
+  CHECK(io::metadata_string(f, "ssmq.complex") == "re_im");
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto& ql = q.layers()[l];
+    for (const auto& [tensor, point, values_re, values_im] :
+         {std::tuple{"Abar", &ql.q_abar, &ql.abar_re, &ql.abar_im}, std::tuple{"C", &ql.q_cbar, &ql.c_re, &ql.c_im}}) {
+      for (const bool imaginary : {false, true}) {
+        const std::string name = ssmq::cat("s4_layers.", l, ".kernel.", tensor, imaginary ? ".im" : ".re");
+        INFO(name);
+        const auto levels = io::expect_int_tensor(f, name + ".q", tensor_dtype::i8, {4, 5});
+        const auto scales = io::expect_tensor(f, name + ".scale", {4});
+        const auto zps = io::expect_int_tensor(f, name + ".zero_point", tensor_dtype::i32, {4});
+        const auto& params = imaginary ? point->second_params : point->params;
+        const auto& values = imaginary ? *values_im : *values_re;
+        REQUIRE(params.size() == 4);
+        for (std::size_t h = 0; h < 4; ++h) {
+          CHECK(scales[h] == params[h].scale);
+          CHECK(zps[h] == params[h].zero_point);
+        }
+        // Each stored level, read with its part's parameters, is the model's value, bit for bit.
+        for (std::size_t i = 0; i < levels.size(); ++i)
+          CHECK(ssmq::kernels::scalar::dequantize_value(levels[i], params[i / 5]) == values[i]);
+      }
+      CHECK_FALSE(f.tensors.contains(ssmq::cat("s4_layers.", l, ".kernel.", tensor, ".q")));
+    }
+    (void)io::expect_tensor(f, ssmq::cat("s4_layers.", l, ".kernel.Bbar_folded"), {4});
+  }
+  // Ā's real parts crowd below 1: their zero-points lie below qmin (within qmin - 2^14).
+  const auto abar_re_zp = io::expect_int_tensor(f, "s4_layers.0.kernel.Abar.re.zero_point", tensor_dtype::i32, {4});
+  CHECK(std::any_of(abar_re_zp.begin(), abar_re_zp.end(), [](std::int32_t z) { return z < -128; }));
+  for (const auto z : abar_re_zp) CHECK(z >= -128 - 16384);
+
+  // Byte-exact round trip, identical logits.
+  const auto bytes = io::to_bytes(f);
+  const auto loaded = io::quantized_from_safetensors(io::from_bytes(bytes, "memory"));
+  CHECK(loaded.model.spec() == q.spec());
+  CHECK(loaded.model.layers()[1].q_cbar.second_params == q.layers()[1].q_cbar.second_params);
+  CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) == bytes);
+  const auto a = logits_of(q, fx.batches), b = logits_of(loaded.model, fx.batches);
+  REQUIRE(a.size() == b.size());
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+
+  // A zero-point at the limit qmin - 2^14 loads; one beyond it is refused by name.
+  auto edge = f;
+  edge.tensors.at("s4_layers.0.kernel.Abar.re.zero_point").ints[1] = -128 - 16384;
+  CHECK_NOTHROW((void)io::quantized_from_safetensors(edge));
+  auto bad = f;
+  bad.tensors.at("s4_layers.0.kernel.Abar.re.zero_point").ints[1] = -128 - 16384 - 1;
+  check_load_fails(bad, {"tensor 's4_layers.0.kernel.Abar.re.zero_point' holds zero-point -16513 at index 1, outside "
+                         "the range [-16512, 16511] of its 8-bit quantizer"});
+  bad = f;
+  bad.tensors.at("s4_layers.1.kernel.C.im.zero_point").ints[2] = 7 + 16384 + 1;
+  check_load_fails(bad, {"tensor 's4_layers.1.kernel.C.im.zero_point' holds zero-point 16392 at index 2, outside the "
+                         "range [-16392, 16391] of its 4-bit quantizer"});
+  // Levels stay within [qmin, qmax].
+  bad = f;
+  bad.tensors.at("s4_layers.0.kernel.C.im.q").ints[0] = 8;
+  check_load_fails(bad, {"tensor 's4_layers.0.kernel.C.im.q' holds level 8 at index 0, outside the range [-8, 7]"});
+  // The tensors that are not ranged apart keep [qmin, qmax]: D4 in this file, Ā in an Abar8 file.
+  bad = f;
+  bad.tensors.at("s4_layers.0.D.zero_point").ints[0] = 8;
+  check_load_fails(bad, {"tensor 's4_layers.0.D.zero_point' holds zero-point 8 at index 0, outside the range [-8, 7] of "
+                         "its 4-bit quantizer"});
+  auto plain = io::quantized_to_safetensors(fx.calibrated("Abar8_D4"), fx.norm);
+  plain.tensors.at("s4_layers.0.kernel.Abar.zero_point").ints[0] = 128;
+  check_load_fails(plain, {"tensor 's4_layers.0.kernel.Abar.zero_point' holds zero-point 128 at index 0, outside the "
+                           "range [-128, 127] of its 8-bit quantizer"});
+  // A file whose configuration lost the flag asks for the shared tensors.
+  auto unflagged = f;
+  unflagged.metadata["ssmq.precision"] = "Abar8_Cbar4fr_D4_x12_ssm8_W4_act8";
+  check_load_fails(unflagged, {"s4_layers.0.kernel.Abar.scale"});
+  auto missing = f;
+  missing.tensors.erase("s4_layers.1.kernel.Abar.im.q");
+  check_load_fails(missing, {"the model needs tensor 's4_layers.1.kernel.Abar.im.q' [4, 5]"});
+}
+
+TEST_CASE("saving refuses a zero-point outside the range its quantizer allows, ranged apart or not") {
+  const fixture fx;
+  auto parts = fx.calibrated("Abar8r_Cbar4fr_D4_x12_ssm8_W4_act8").parts();
+  parts.layers[0].q_abar.params[1].zero_point = -128 - 16384 - 1;
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(ssmq::quant::fake_quant_model(parts), fx.norm); }) ==
+        "ssmq: cannot save the quantized model: 's4_layers.0.kernel.Abar.re' has a zero-point outside the range its "
+        "quantizer allows");
+  parts = fx.calibrated("Abar8r_Cbar4fr_D4_x12_ssm8_W4_act8").parts();
+  parts.layers[1].q_cbar.second_params[3].zero_point = 7 + 16384 + 1;
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(ssmq::quant::fake_quant_model(parts), fx.norm); }) ==
+        "ssmq: cannot save the quantized model: 's4_layers.1.kernel.C.im' has a zero-point outside the range its "
+        "quantizer allows");
+  // Without the flag the zero-point must be one of the levels.
+  auto plain = fx.calibrated("Abar8_D4").parts();
+  plain.layers[0].q_abar.params[0].zero_point = 128;
+  CHECK(error_of([&] { (void)io::quantized_to_safetensors(ssmq::quant::fake_quant_model(plain), fx.norm); }) ==
+        "ssmq: cannot save the quantized model: 's4_layers.0.kernel.Abar' has a zero-point outside the range its "
+        "quantizer allows");
 }

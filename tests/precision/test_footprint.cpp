@@ -92,3 +92,38 @@ TEST_CASE("B̄ folded into C̄ (Cbar<b>f) keeps one float32 per head instead of 
   CHECK(ssmq::bytes_at(ssmq::fp32, 1024) - ssmq::bytes_at(ssmq::fp32, 16) == 4096 - 64);
   CHECK(f32.parameter_bytes - (4096 - 64) == 11304);
 }
+
+TEST_CASE("parts ranged apart (flag r): a second scale and zero-point per head, the values cost the same") {
+  constexpr auto plain = ssmq::memory_footprint<ssmq::precision_named<"Abar8">>();
+  constexpr auto split = ssmq::memory_footprint<ssmq::precision_named<"Abar8r">>();
+  // Ā's 16 per-head quantizers (float scale + int16 zero-point, 96 B) are stored twice: + 16 x 6.
+  static_assert(split.qparam_bytes == plain.qparam_bytes + 16 * (4 + 2));
+  CHECK(plain.qparam_bytes == 96);
+  CHECK(split.qparam_bytes == 192);
+  CHECK(split.parameter_bytes == plain.parameter_bytes);
+  CHECK(split.state_bytes == plain.state_bytes);
+  CHECK(split.total() == plain.total() + 96);
+  // Symmetric: scales only (2 x 16 x 4); per tensor: one set per part (2 x 6).
+  CHECK(ssmq::memory_footprint<ssmq::precision_named<"Abar8sr">>().qparam_bytes == 2 * 16 * 4);
+  CHECK(ssmq::memory_footprint<ssmq::precision_named<"Abar8tr">>().qparam_bytes == 2 * 6);
+  CHECK(ssmq::qparam_bytes(ssmq::precision_from_name("Bbar4r")[ssmq::component::bbar], 16) == 2 * 16 * 6);
+  CHECK(ssmq::qparam_bytes(ssmq::precision_from_name("Bbar4")[ssmq::component::bbar], 16) == 16 * 6);
+  // The paper's heterogeneous configuration with all three ranged apart: 714 + 3 x 96 B.
+  constexpr auto hetero = ssmq::memory_footprint<ssmq::paper::hetero_a8x8>();
+  constexpr auto hetero_r = ssmq::memory_footprint<ssmq::precision_named<"Abar8r_Bbar4r_Cbar4r_D4_x8_ssm6_W4_act6">>();
+  CHECK(hetero_r.qparam_bytes == 714 + 3 * 96);
+  CHECK(hetero_r.parameter_bytes == hetero.parameter_bytes);
+  // Folded: B̄ has no quantizer at all, C̄'s two sets count.
+  constexpr auto folded = ssmq::memory_footprint<ssmq::precision_named<"Abar8_Cbar4f_D4_x8_ssm6_W4_act6">>();
+  constexpr auto folded_r = ssmq::memory_footprint<ssmq::precision_named<"Abar8_Cbar4fr_D4_x8_ssm6_W4_act6">>();
+  CHECK(folded_r.qparam_bytes == folded.qparam_bytes + 96);
+  CHECK(folded_r.parameter_bytes == folded.parameter_bytes);
+  // Per layer and per head: 4 layers of 64 heads add 4 x 64 x 6 B.
+  ssmq::model_shape m;
+  m.layers = 4;
+  m.heads = 64;
+  const auto a = ssmq::memory_footprint(ssmq::precision_from_name("Abar8"), m);
+  const auto b = ssmq::memory_footprint(ssmq::precision_from_name("Abar8r"), m);
+  CHECK(b.qparam_bytes - a.qparam_bytes == 4 * 64 * 6);
+  CHECK(b.parameter_bytes == a.parameter_bytes);
+}

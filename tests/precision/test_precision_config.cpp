@@ -112,6 +112,83 @@ TEST_CASE("flag f folds B̄ into C̄: Cbar only, and B̄ is then not named") {
   static_assert(typed::spec.bbar_folded());
 }
 
+TEST_CASE("flag r ranges the real and imaginary parts of Abar, Bbar, Cbar apart, and only those take it") {
+  // Run time: the flag sets split_parts on its component alone and prints back last, after i and f.
+  const auto a = ssmq::precision_from_name("Abar8r");
+  CHECK(a[component::abar].split_parts);
+  CHECK(a[component::abar].bits == 8);
+  CHECK_FALSE(a[component::abar].inside_unit_circle);
+  for (const component c : {component::bbar, component::cbar, component::d, component::state, component::weights})
+    CHECK_FALSE(a[c].split_parts);
+  CHECK(std::string(a.name().view()) == "Abar8r");
+  const auto ai = ssmq::precision_from_name("Abar8ir");
+  CHECK(ai[component::abar].split_parts);
+  CHECK(ai[component::abar].inside_unit_circle);
+  CHECK(std::string(ai.name().view()) == "Abar8ir");
+  const auto cf = ssmq::precision_from_name("Cbar4fr");
+  CHECK(cf[component::cbar].split_parts);
+  CHECK(cf[component::cbar].carries_bbar);
+  CHECK(cf.bbar_folded());
+  CHECK_FALSE(cf[component::bbar].quantized());
+  CHECK(std::string(cf.name().view()) == "Cbar4fr");
+  // Any flag order parses to the same spec; the canonical name puts r last.
+  CHECK(ssmq::precision_from_name("Abar8ri") == ai);
+  CHECK(std::string(ssmq::precision_from_name("Abar8ri").name().view()) == "Abar8ir");
+  CHECK(std::string(ssmq::precision_from_name("Cbar4rf").name().view()) == "Cbar4fr");
+  for (const char* name : {"Bbar6r", "Abar8r_Bbar4r_Cbar4r_D4_x8_ssm6_W4_act6", "Abar8str_Cbar4fr_D4_x12_ssm8_W4_act8",
+                           "Abar8mr_x8md"}) {
+    INFO(name);
+    CHECK(std::string(ssmq::precision_from_name(name).name().view()) == name);
+  }
+  // "all" does not carry the flag; naming the component after it does.
+  const auto all_then = ssmq::precision_from_name("all8_Cbar8r");
+  CHECK(all_then[component::cbar].split_parts);
+  CHECK_FALSE(all_then[component::abar].split_parts);
+  CHECK(std::string(all_then.name().view()) == "Abar8_Bbar8_Cbar8r_D8_x8_ssm8_W8_act8");
+
+  // Compile time: the policy tag gives the same spec and the same name.
+  using typed = ssmq::precision<ssmq::abar<8, ssmq::split_re_im>>;
+  static_assert(typed::name() == "Abar8r");
+  static_assert(std::is_same_v<ssmq::precision_named<"Abar8r">, typed>);
+  static_assert(typed::spec_of<component::abar>.split_parts);
+  static_assert(!ssmq::precision<ssmq::abar<8>>::spec_of<component::abar>.split_parts);
+  using folded = ssmq::precision<ssmq::cbar<4, ssmq::carries_bbar, ssmq::split_re_im>>;
+  static_assert(folded::name() == "Cbar4fr");
+  static_assert(std::is_same_v<ssmq::precision_named<"Cbar4fr">, folded>);
+  static_assert(std::is_same_v<ssmq::precision_named<"Abar8ir">,
+                               ssmq::precision<ssmq::abar<8, ssmq::inside_unit_circle, ssmq::split_re_im>>>);
+  CHECK(typed::spec == a);
+
+  // Elsewhere the flag is a parse error with its own reason, at the flag's position.
+  static_assert(ssmq::parse_precision_name("Abar8r").ok);
+  static_assert(ssmq::parse_precision_name("Bbar4r").ok);
+  static_assert(ssmq::parse_precision_name("Cbar4fr").ok);
+  static_assert(!ssmq::parse_precision_name("W4r").ok);
+  static_assert(ssmq::parse_precision_name("W4r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("W4r").error_at == 2);
+  static_assert(ssmq::parse_precision_name("D4r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("x8r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("ssm8r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("act8r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("all8r").error == ssmq::split_error);
+  static_assert(ssmq::parse_precision_name("all8r").error_at == 4);
+  static_assert(ssmq::parse_precision_name("Abar8_x8r").error_at == 8);
+  for (const char* name : {"W4r", "D4r", "x8r", "ssm8r", "act8r", "all8r", "Abar8r_W4r"}) {
+    INFO(name);
+    const ssmq::parse_result r = ssmq::parse_precision_name(name);
+    CHECK_FALSE(r.ok);
+    CHECK(r.error == ssmq::split_error);
+    CHECK_THROWS_AS((void)ssmq::precision_from_name(name), std::invalid_argument);
+  }
+  CHECK_THROWS_WITH_AS((void)ssmq::precision_from_name("W4r"),
+                       "ssmq: bad precision name 'W4r' at position 2: flag r (real and imaginary parts ranged apart) "
+                       "applies to Abar, Bbar, Cbar only, e.g. Abar8r",
+                       std::invalid_argument);
+  // The list of known flags names r.
+  CHECK_THROWS_WITH_AS((void)ssmq::precision_from_name("Abar8q"), doctest::Contains("known: s a t h m p d n u i f r"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("bad names are rejected with the reason") {
   auto reason = [](const char* name) {
     try {
@@ -135,6 +212,7 @@ TEST_CASE("bad names are rejected with the reason") {
   CHECK(reason("all8i").find("Abar only") != std::string::npos);
   CHECK(reason("Abar8f").find("Cbar only") != std::string::npos);
   CHECK(reason("all8f").find("Cbar only") != std::string::npos);
+  for (const char* name : {"W4r", "D4r", "x8r", "all8r"}) CHECK(reason(name).find(ssmq::split_error) != std::string::npos);
   CHECK(reason("Bbar4_Cbar4f").find("leave Bbar out") != std::string::npos);
   CHECK(reason("Cbar4f_Bbar4").find("leave Bbar out") != std::string::npos);
   CHECK(reason("x8p50").find("percentile") != std::string::npos);

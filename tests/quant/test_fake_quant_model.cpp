@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <ssmq/precision/paper_configs.hpp>
@@ -174,54 +175,76 @@ TEST_CASE("the state clamp fires on a state beyond 50 and the stability report s
 }
 
 TEST_CASE("inside the unit circle: the nearest grid point strictly inside, as a search of the whole grid finds") {
-  std::mt19937_64 rng(7);
-  std::uniform_real_distribution<float> radius(0.99f, 0.99999f), angle(-3.14159f, 3.14159f);
-  for (int bits : {3, 4, 6, 8}) {
-    ssmq::quant_spec spec{bits};
-    spec.calib = ssmq::calibration::minmax;
-    spec.inside_unit_circle = true;
-    const std::size_t heads = 2, inner = 256;
-    std::vector<float> re(heads * inner), im(heads * inner);
-    for (std::size_t i = 0; i < re.size(); ++i) {
-      const float r = radius(rng), a = angle(rng);
-      re[i] = r * std::cos(a);
-      im[i] = r * std::sin(a);
-    }
-    ssmq::quant::point_quantizer q{spec, heads, {}};
-    q.fit_complex(re, im, inner);
-    std::vector<float> nre = re, nim = im;
-    q.apply_complex(nre, nim, inner);  // nearest grid point
-    std::vector<float> ore = nre, oim = nim;
-    q.keep_inside_unit_circle(re, im, ore, oim, inner);
-    const auto lim = spec.limits();
-    std::size_t moved = 0;
-    for (std::size_t i = 0; i < re.size(); ++i) {
-      const auto& p = q.of_head(i / inner);
-      auto norm2 = [](double a, double b) { return a * a + b * b; };
-      CHECK(norm2(ore[i], oim[i]) < 1.0);
-      if (norm2(nre[i], nim[i]) < 1.0) {  // already inside: untouched
-        CHECK(ore[i] == nre[i]);
-        CHECK(oim[i] == nim[i]);
-        continue;
+  // Also with the parts ranged apart (split): at every angle, and at Ā's small angles, where the
+  // real part's grid lies in (0.97, 1) with its zero-point far below qmin; there also with
+  // references on or outside the circle, which are first pulled half the larger step inside.
+  struct variant {
+    bool split;
+    float max_angle, max_radius;
+  };
+  for (const variant v : {variant{false, 3.14159f, 0.99999f}, variant{true, 3.14159f, 0.99999f},
+                          variant{true, 0.2f, 0.99999f}, variant{true, 0.2f, 1.002f}}) {
+    INFO("split " << v.split << ", angles within " << v.max_angle << ", radii below " << v.max_radius);
+    std::mt19937_64 rng(7);
+    std::uniform_real_distribution<float> radius(0.99f, v.max_radius), angle(-v.max_angle, v.max_angle);
+    for (int bits : {3, 4, 6, 8}) {
+      ssmq::quant_spec spec{bits};
+      spec.calib = ssmq::calibration::minmax;
+      spec.inside_unit_circle = true;
+      spec.split_parts = v.split;
+      const std::size_t heads = 2, inner = 256;
+      std::vector<float> re(heads * inner), im(heads * inner);
+      for (std::size_t i = 0; i < re.size(); ++i) {
+        const float r = radius(rng), a = angle(rng);
+        re[i] = r * std::cos(a);
+        im[i] = r * std::sin(a);
       }
-      ++moved;
-      double best = 1e30;
-      float br = 0, bi = 0;
-      for (std::int32_t a = lim.qmin; a <= lim.qmax; ++a)
-        for (std::int32_t b = lim.qmin; b <= lim.qmax; ++b) {
-          const float vr = ssmq::kernels::scalar::dequantize_value(a, p), vi = ssmq::kernels::scalar::dequantize_value(b, p);
-          const double d = norm2(vr - static_cast<double>(re[i]), vi - static_cast<double>(im[i]));
-          if (norm2(vr, vi) < 1.0 && d < best) {
-            best = d;
-            br = vr;
-            bi = vi;
-          }
+      ssmq::quant::point_quantizer q{spec, heads, {}};
+      q.fit_complex(re, im, inner);
+      std::vector<float> nre = re, nim = im;
+      q.apply_complex(nre, nim, inner);  // nearest grid point
+      std::vector<float> ore = nre, oim = nim;
+      q.keep_inside_unit_circle(re, im, ore, oim, inner);
+      const auto lim = spec.limits();
+      std::size_t moved = 0;
+      for (std::size_t i = 0; i < re.size(); ++i) {
+        const auto& p = q.of_head(i / inner);
+        const auto& pi = q.of_head(i / inner, true);  // the imaginary part's (p itself unless split)
+        auto norm2 = [](double a, double b) { return a * a + b * b; };
+        CHECK(norm2(ore[i], oim[i]) < 1.0);
+        if (norm2(nre[i], nim[i]) < 1.0) {  // already inside: untouched
+          CHECK(ore[i] == nre[i]);
+          CHECK(oim[i] == nim[i]);
+          continue;
         }
-      CHECK(ore[i] == br);
-      CHECK(oim[i] == bi);
+        ++moved;
+        // The reference: the float mode, or if on or outside the circle, pulled half a step (the
+        // larger of the parts' steps) inside along its ray.
+        double tr = re[i], ti = im[i];
+        if (const double r = std::hypot(tr, ti); r >= 1.0) {
+          const double pull = (1.0 - 0.5 * std::max(p.scale, pi.scale)) / r;
+          tr *= pull;
+          ti *= pull;
+        }
+        double best = 1e30;
+        float br = 0, bi = 0;
+        for (std::int32_t a = lim.qmin; a <= lim.qmax; ++a)
+          for (std::int32_t b = lim.qmin; b <= lim.qmax; ++b) {
+            const float vr = ssmq::kernels::scalar::dequantize_value(a, p), vi = ssmq::kernels::scalar::dequantize_value(b, pi);
+            const double d = norm2(vr - tr, vi - ti);
+            if (norm2(vr, vi) < 1.0 && d < best) {
+              best = d;
+              br = vr;
+              bi = vi;
+            }
+          }
+        CHECK(ore[i] == br);
+        CHECK(oim[i] == bi);
+      }
+      INFO("bits " << bits);
+      CHECK(moved > 0);  // the case exercises the rounding
+      if (v.split && v.max_angle < 1.0f) CHECK(q.of_head(0).zero_point < lim.qmin);  // the real grid lies above 0
     }
-    INFO("bits " << bits);
-    CHECK(moved > 0);  // the case exercises the rounding
   }
 }
 
@@ -272,18 +295,24 @@ TEST_CASE("Abar with flag i: no quantized mode on or outside the unit circle, in
   // Modes a hair inside the unit circle: Re(A) ~ -1e-6, so |Ā| ~ 1 - 1e-6 at every angle.
   for (auto& l : m.params.layers)
     for (std::size_t i = 0; i < l.ssm.log_A_real.size(); ++i) l.ssm.log_A_real[i] = -14.0f;
-  const auto plain = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name("Abar4")).stability();
-  REQUIRE(plain.unstable_modes() > 0);
-  const auto kept = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name("Abar4i")).stability();
-  CHECK(kept.unstable_modes() == 0);
-  for (auto param : {ssmq::quant::abar_parameterization::discrete, ssmq::quant::abar_parameterization::frozen,
-                     ssmq::quant::abar_parameterization::continuous}) {
-    const ssmq::quant::qat_model qm(m, ssmq::precision_from_name("Abar4i"), param);
-    const auto pp = qm.prepare();
-    for (const auto& l : pp.layers)
-      for (std::size_t i = 0; i < l.abar_re.size(); ++i)
-        CHECK(static_cast<double>(l.abar_re[i]) * l.abar_re[i] + static_cast<double>(l.abar_im[i]) * l.abar_im[i] < 1.0);
+  // Also with the parts ranged apart (flag r), whose finer grids still leave modes outside.
+  for (const char* name : {"Abar4", "Abar4r", "Abar8r"}) {
+    INFO(name);
+    const auto plain = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name(name)).stability();
+    REQUIRE(plain.unstable_modes() > 0);
+    const auto kept = ssmq::quant::fake_quant_model(m, ssmq::precision_from_name(std::string(name) + "i")).stability();
+    CHECK(kept.unstable_modes() == 0);
   }
+  for (const char* name : {"Abar4i", "Abar4ir"})
+    for (auto param : {ssmq::quant::abar_parameterization::discrete, ssmq::quant::abar_parameterization::frozen,
+                       ssmq::quant::abar_parameterization::continuous}) {
+      INFO(name);
+      const ssmq::quant::qat_model qm(m, ssmq::precision_from_name(name), param);
+      const auto pp = qm.prepare();
+      for (const auto& l : pp.layers)
+        for (std::size_t i = 0; i < l.abar_re.size(); ++i)
+          CHECK(static_cast<double>(l.abar_re[i]) * l.abar_re[i] + static_cast<double>(l.abar_im[i]) * l.abar_im[i] < 1.0);
+    }
 }
 
 TEST_CASE("the SIMD quantized SSM step equals its scalar reference bit for bit") {
@@ -503,4 +532,193 @@ TEST_CASE("a dynamic polar point takes magnitude and phase ranges from the tenso
   CHECK(re[2] == 0.0f);  // 0 stays exactly 0
   CHECK(im[2] == 0.0f);
   CHECK(re[0] != 0.5f);  // 3 bits: quantized
+}
+
+// ---- complex tensors with their real and imaginary parts ranged apart (flag r) ---------------
+
+TEST_CASE("parts ranged apart: each head's real and imaginary parts take their own ranges and levels") {
+  // [2 heads, 3 modes], 8 bits, min/max. Ranges chosen so that every scale is a power of 2:
+  //   head 0 re [0.5, 0.998046875 = 0.5 + 255/512]          scale 1/512,  zp = -128 - 256 = -384
+  //   head 0 im [-0.49609375 = -127/256, 0.5]               scale 1/256,  zp = -128 + 127 = -1
+  //   head 1 re [0.125, 0.3740234375 = 0.125 + 255/1024]    scale 1/1024, zp = -128 - 128 = -256
+  //   head 1 im [-0.6220703125 = -637/1024, -1019/2048]     scale 1/2048, zp = -128 + 1274 = 1146
+  // (the real parts' zero-points lie below qmin, head 1's imaginary one above qmax).
+  const std::vector<float> re = {0.5f, 0.7f, 0.998046875f, 0.125f, 0.2f, 0.3740234375f};
+  const std::vector<float> im = {-0.49609375f, 0.3f, 0.5f, -0.6220703125f, -0.55f, -0.49755859375f};
+  ssmq::quant_spec spec{8};
+  spec.calib = ssmq::calibration::minmax;
+  spec.split_parts = true;
+  ssmq::quant::point_quantizer q{spec, 2, {}};
+  CHECK_FALSE(q.frozen());
+  q.fit_complex(re, im, 3);
+  CHECK(q.frozen());
+  REQUIRE(q.params.size() == 2);
+  REQUIRE(q.second_params.size() == 2);
+  CHECK(q.params[0] == ssmq::affine_params{1.0f / 512, 512.0f, -384});
+  CHECK(q.params[1] == ssmq::affine_params{1.0f / 1024, 1024.0f, -256});
+  CHECK(q.second_params[0] == ssmq::affine_params{1.0f / 256, 256.0f, -1});
+  CHECK(q.second_params[1] == ssmq::affine_params{1.0f / 2048, 2048.0f, 1146});
+  CHECK(q.of_head(1) == q.params[1]);
+  CHECK(q.of_head(1, true) == q.second_params[1]);
+  // The fake-quantized values, level by level (v * 2^k is exact):
+  //   0.7 * 512 = 358.4 -> 358/512;  0.3 * 256 = 76.8 -> 77/256;  0.2 * 1024 = 204.8 -> 205/1024;
+  //   -0.55 * 2048 = -1126.4 -> -1126/2048; the range ends are levels qmin, qmax themselves.
+  std::vector<float> qre = re, qim = im;
+  q.apply_complex(qre, qim, 3);
+  CHECK(qre == std::vector<float>{0.5f, 358.0f / 512, 0.998046875f, 0.125f, 205.0f / 1024, 0.3740234375f});
+  CHECK(qim == std::vector<float>{-0.49609375f, 77.0f / 256, 0.5f, -0.6220703125f, -1126.0f / 2048, -0.49755859375f});
+  // A dynamic point computes the same parameters from the tensor itself at every use.
+  auto dyn_spec = spec;
+  dyn_spec.mode = ssmq::range_mode::dynamic_range;
+  const ssmq::quant::point_quantizer d{dyn_spec, 2, {}};
+  const auto [dre, dim] = d.complex_params(re, im, 3);
+  CHECK(dre == q.params);
+  CHECK(dim == q.second_params);
+  std::vector<float> yre = re, yim = im;
+  d.apply_complex(yre, yim, 3);
+  CHECK(yre == qre);
+  CHECK(yim == qim);
+  // Per tensor: one set per part, over both heads.
+  auto t_spec = spec;
+  t_spec.gran = ssmq::granularity::per_tensor;
+  ssmq::quant::point_quantizer t{t_spec, 2, {}};
+  t.fit_complex(re, im, 3);
+  REQUIRE(t.params.size() == 1);
+  REQUIRE(t.second_params.size() == 1);
+  CHECK(t.params[0] == ssmq::params_from_range(0.125f, 0.998046875f, t_spec));
+  CHECK(t.second_params[0] == ssmq::params_from_range(-0.6220703125f, 0.5f, t_spec));
+  CHECK(t.of_head(1, true) == t.second_params[0]);
+}
+
+TEST_CASE("without flag r both parts of a head share one range (as before)") {
+  // The same tensor as above; each head's range covers both parts (and 0):
+  //   head 0 [-127/256, 511/512]: scale = (765/512) / 255 = 3/512, zp = -128 - round(-84.67) = -43
+  //   head 1 [-637/1024, 383/1024]: scale = (255/256) / 255 = 1/256, zp = -128 - round(-159.25) = 31
+  const std::vector<float> re = {0.5f, 0.7f, 0.998046875f, 0.125f, 0.2f, 0.3740234375f};
+  const std::vector<float> im = {-0.49609375f, 0.3f, 0.5f, -0.6220703125f, -0.55f, -0.49755859375f};
+  ssmq::quant_spec spec{8};
+  spec.calib = ssmq::calibration::minmax;
+  ssmq::quant::point_quantizer q{spec, 2, {}};
+  q.fit_complex(re, im, 3);
+  REQUIRE(q.params.size() == 2);
+  CHECK(q.second_params.empty());
+  CHECK(q.frozen());
+  CHECK(q.params[0].scale == 3.0f / 512);
+  CHECK(q.params[0].zero_point == -43);
+  CHECK(q.params[1] == ssmq::affine_params{1.0f / 256, 256.0f, 31});
+  CHECK(q.of_head(0, true) == q.params[0]);  // the imaginary part reads the shared set
+  const auto [both, none] = q.complex_params(re, im, 3);
+  CHECK(both == q.params);
+  CHECK(none.empty());
+  // Levels: head 0 0.5 -> round(85.33) = 85 steps of 3/512 = 255/512, 0.7 -> 119 -> 357/512,
+  // 511/512 -> 170 -> 510/512, 0.3 -> 51 -> 153/512; head 1 0.2 * 256 = 51.2 -> 51/256,
+  // 383/1024 * 256 = 95.75 -> 96/256, -0.55 * 256 = -140.8 -> -141/256, -127.375 -> -127/256.
+  std::vector<float> qre = re, qim = im;
+  q.apply_complex(qre, qim, 3);
+  CHECK(qre == std::vector<float>{255.0f / 512, 357.0f / 512, 510.0f / 512, 32.0f / 256, 51.0f / 256, 96.0f / 256});
+  CHECK(qim == std::vector<float>{-255.0f / 512, 153.0f / 512, 255.0f / 512, -159.0f / 256, -141.0f / 256, -127.0f / 256});
+}
+
+TEST_CASE("parts ranged apart with flag i: a mode that nearest rounding puts outside moves strictly inside") {
+  // One head, 8 bits, min/max: re [0.75, 1023/1024] -> scale 1/1024, zp = -128 - 768 = -896;
+  // im [-0.03125, 191/2048] -> scale 1/2048, zp = -128 + 64 = -64. Mode 1 = (0.998, 0.063) is
+  // inside (|z|^2 = 0.999973), but its nearest grid point (1022/1024, 129/2048) is not:
+  // 0.996097565 + 0.003967524 = 1.000065. The nearest point strictly inside is
+  // (1021/1024, 129/2048), |z|^2 = 0.998117, at distance^2 8.64e-7 (next best: (1022/1024,
+  // 127/2048) at 9.78e-7; (1022/1024, 128/2048) is still outside: 1.0000038).
+  const std::vector<float> re = {0.75f, 0.998f, 0.9990234375f}, im = {0.09326171875f, 0.063f, -0.03125f};
+  ssmq::quant_spec spec{8};
+  spec.calib = ssmq::calibration::minmax;
+  spec.split_parts = true;
+  spec.inside_unit_circle = true;
+  ssmq::quant::point_quantizer q{spec, 1, {}};
+  q.fit_complex(re, im, 3);
+  CHECK(q.params[0] == ssmq::affine_params{1.0f / 1024, 1024.0f, -896});
+  CHECK(q.second_params[0] == ssmq::affine_params{1.0f / 2048, 2048.0f, -64});
+  std::vector<float> qre = re, qim = im;
+  q.apply_complex(qre, qim, 3);
+  CHECK(qre[1] == 1022.0f / 1024);
+  CHECK(qim[1] == 129.0f / 2048);
+  REQUIRE(static_cast<double>(qre[1]) * qre[1] + static_cast<double>(qim[1]) * qim[1] >= 1.0);
+  const std::vector<float> nre = qre, nim = qim;
+  q.keep_inside_unit_circle(re, im, qre, qim, 3);
+  CHECK(qre[1] == 1021.0f / 1024);
+  CHECK(qim[1] == 129.0f / 2048);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(static_cast<double>(qre[i]) * qre[i] + static_cast<double>(qim[i]) * qim[i] < 1.0);
+    if (i != 1) {  // already inside: untouched
+      CHECK(qre[i] == nre[i]);
+      CHECK(qim[i] == nim[i]);
+    }
+  }
+  // Without flag i the mode stays outside: the move is the flag's doing.
+  spec.inside_unit_circle = false;
+  ssmq::quant::point_quantizer plain{spec, 1, {}};
+  plain.fit_complex(re, im, 3);
+  std::vector<float> pre = re, pim = im;
+  plain.apply_complex(pre, pim, 3);
+  plain.keep_inside_unit_circle(re, im, pre, pim, 3);
+  CHECK(pre == nre);
+  CHECK(pim == nim);
+}
+
+TEST_CASE("PTQ with Abar8r: Ā's real parts on their own finer grid, closer to the float ones than with Abar8") {
+  const auto m = small_model();
+  const auto prep = m.prepare(ssmq::ssm_mode::recurrent, 1);
+  const ssmq::quant::fake_quant_model shared(m, ssmq::precision_from_name("Abar8"));
+  const ssmq::quant::fake_quant_model split(m, ssmq::precision_from_name("Abar8r"));
+  const std::size_t H = m.shape().heads, M = m.shape().modes();
+  double err_shared = 0.0, err_split = 0.0;
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto& d = prep.disc[l];
+    const auto& s = split.layers()[l];
+    CHECK(shared.layers()[l].q_abar.second_params.empty());
+    REQUIRE(s.q_abar.params.size() == H);
+    REQUIRE(s.q_abar.second_params.size() == H);
+    for (std::size_t i = 0; i < d.abar_re.size(); ++i) {
+      err_shared = std::max(err_shared, static_cast<double>(std::fabs(shared.layers()[l].abar_re[i] - d.abar_re[i])));
+      err_split = std::max(err_split, static_cast<double>(std::fabs(s.abar_re[i] - d.abar_re[i])));
+      // Each part is a level of its own quantizer, within half its step of the float value.
+      for (const bool imaginary : {false, true}) {
+        const auto& p = s.q_abar.of_head(i / M, imaginary);
+        const float v = imaginary ? s.abar_im[i] : s.abar_re[i];
+        const float f = imaginary ? d.abar_im[i] : d.abar_re[i];
+        const float level = v / p.scale + static_cast<float>(p.zero_point);
+        CHECK(std::fabs(level - std::round(level)) < 1e-3);
+        CHECK(std::fabs(v - f) <= 0.5f * p.scale * (1.0f + 1e-4f));
+      }
+    }
+  }
+  MESSAGE("largest |Re Ā - float|: shared range " << err_shared << ", parts ranged apart " << err_split);
+  CHECK(err_split < err_shared);
+  // The model computes: finite logits.
+  const auto data = noise_images(3, 9);
+  const auto nrm = ssmq::data::compute_normalisation(data);
+  ssmq::data::batcher b(data, nrm, {3, ssmq::data::batch_order::sequential, 0, false});
+  b.for_each_batch(0, [&](const ssmq::data::batch& batch) {
+    std::vector<float> lg(3);
+    split.forward_sequence(batch.inputs.data(), batch.length, lg.data());
+    for (const float v : lg) CHECK(std::isfinite(v));
+  });
+}
+
+TEST_CASE("parts ranged apart need the (re, im) format: polar with flag r is refused by name") {
+  const auto m = small_model();
+  using ssmq::quant::complex_format;
+  CHECK_THROWS_WITH_AS(ssmq::quant::fake_quant_model(m, ssmq::precision_from_name("Abar8r"),
+                                                     ssmq::quant::gelu_choice::automatic, complex_format::polar),
+                       doctest::Contains("'Abar8r' ranges a complex tensor's real and imaginary parts apart (flag r)"),
+                       std::invalid_argument);
+  // Only the tensor in polar format matters: C̄ polar with a split C̄ is refused, with a split Ā not.
+  const ssmq::quant::complex_formats c_polar{complex_format::re_im, complex_format::re_im, complex_format::polar};
+  CHECK_THROWS_AS((void)ssmq::quant::unfitted_parts(m.shape(), ssmq::precision_from_name("Cbar4r"), false, c_polar),
+                  std::invalid_argument);
+  CHECK_THROWS_AS((void)ssmq::quant::unfitted_parts(m.shape(), ssmq::precision_from_name("Bbar6r"), false,
+                                                    complex_format::polar),
+                  std::invalid_argument);
+  CHECK_NOTHROW((void)ssmq::quant::unfitted_parts(m.shape(), ssmq::precision_from_name("Abar8r_Cbar4"), false, c_polar));
+  const ssmq::quant::fake_quant_model ok(m, ssmq::precision_from_name("Abar8r_Cbar4"), ssmq::quant::gelu_choice::automatic,
+                                         c_polar);
+  CHECK(ok.layers()[0].q_abar.second_params.size() == m.shape().heads);
+  CHECK(ok.layers()[0].q_cbar.second_params.size() == m.shape().heads);  // C̄'s phase
 }

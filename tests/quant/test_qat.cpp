@@ -15,6 +15,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ssmq/io/optimizer_state.hpp>
@@ -339,6 +340,48 @@ TEST_CASE("straight-through rules of the state on constructed cases") {
     }
 }
 
+namespace {
+/// The derivative of the QAT loss on `batch` along a random direction over the shadows (every
+/// shadow, or only those whose name ends with `only`): from the shadow gradients, and from a
+/// central difference of step eps.
+struct directional {
+  double analytic = 0.0, numeric = 0.0;
+};
+directional directional_derivative(ssmq::quant::qat_model& q, const ssmq::data::batch& batch,
+                                   std::string_view only = {}, float eps = 1e-2f) {
+  std::vector<float> logits;
+  auto g = qat_grads(q, batch, logits);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<std::vector<float>> dir;
+  directional d;
+  std::vector<std::vector<float>*> grads;
+  g.for_each([&](const std::string&, std::vector<float>& v, ssmq::param_group) { grads.push_back(&v); });
+  std::size_t k = 0;
+  q.shadows.for_each([&](const std::string& name, std::vector<float>& v, ssmq::param_group) {
+    const bool along = only.empty() || name.ends_with(only);
+    dir.emplace_back(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const float x = n(rng);  // drawn for every value: `only` keeps the same direction's components
+      dir.back()[i] = along ? x : 0.0f;
+      d.analytic += static_cast<double>(dir.back()[i]) * (*grads[k])[i];
+    }
+    ++k;
+  });
+  auto shifted = [&](float eps) {
+    ssmq::quant::qat_model s = q;
+    std::size_t j = 0;
+    s.shadows.for_each([&](const std::string&, std::vector<float>& v, ssmq::param_group) {
+      for (std::size_t i = 0; i < v.size(); ++i) v[i] += eps * dir[j][i];
+      ++j;
+    });
+    return qat_loss(s, batch);
+  };
+  d.numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+  return d;
+}
+}  // namespace
+
 TEST_CASE("each parameterization's shadow gradients agree with a central difference (nothing quantized)") {
   const auto m = ssmq_test::small_model();
   const auto data = ssmq_test::noise_images(4, 5);
@@ -358,36 +401,9 @@ TEST_CASE("each parameterization's shadow gradients agree with a central differe
     const auto& spec = v.spec;  // (named copies: Clang 14 cannot capture structured bindings in INFO)
     INFO(ssmq::quant::to_string(param), spec.bbar_folded() ? " folded" : "");
     ssmq::quant::qat_model q(m, spec, param);
-    std::vector<float> logits;
-    auto g = qat_grads(q, batch, logits);
     // Directional derivative along a random direction over every shadow.
-    std::mt19937_64 rng(7);
-    std::normal_distribution<float> n(0.0f, 1.0f);
-    std::vector<std::vector<float>> dir;
-    double analytic = 0.0;
-    std::vector<std::vector<float>*> grads;
-    g.for_each([&](const std::string&, std::vector<float>& v, ssmq::param_group) { grads.push_back(&v); });
-    std::size_t k = 0;
-    q.shadows.for_each([&](const std::string&, std::vector<float>& v, ssmq::param_group) {
-      dir.emplace_back(v.size());
-      for (std::size_t i = 0; i < v.size(); ++i) {
-        dir.back()[i] = n(rng);
-        analytic += static_cast<double>(dir.back()[i]) * (*grads[k])[i];
-      }
-      ++k;
-    });
-    auto shifted = [&](float eps) {
-      ssmq::quant::qat_model s = q;
-      std::size_t j = 0;
-      s.shadows.for_each([&](const std::string&, std::vector<float>& v, ssmq::param_group) {
-        for (std::size_t i = 0; i < v.size(); ++i) v[i] += eps * dir[j][i];
-        ++j;
-      });
-      return qat_loss(s, batch);
-    };
-    const float eps = 1e-2f;
-    const double numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
-    CHECK(analytic == doctest::Approx(numeric).epsilon(2e-2));
+    const directional d = directional_derivative(q, batch);
+    CHECK(d.analytic == doctest::Approx(d.numeric).epsilon(2e-2));
   }
 }
 
@@ -1076,4 +1092,182 @@ TEST_CASE("oscillation freezing from a later epoch: frequencies are tracked, not
   CHECK(late[0] == 0);
   CHECK(late[1] == 0);
   CHECK(late[2] > 0);  // tracked all along: frequencies above the threshold freeze at once
+}
+
+// ---- complex tensors with their real and imaginary parts ranged apart (flag r) ---------------
+
+TEST_CASE("parts ranged apart: each part's straight-through mask follows its own range, not the shared one") {
+  const auto m = ssmq_test::small_model();
+  const std::size_t H = m.shape().heads, M = m.shape().modes();
+  // Every head of layer 0 gets the same 6 modes, for Ā and C̄ alike (75th percentile ranges):
+  //   re {0.90, 0.92, 0.94, 0.96, 0.98, 0.99}, im {-0.5, -0.3, -0.1, 0.1, 0.3, 0.5}
+  // Split (percentiles of each part's 6 values, positions 1.25 and 3.75):
+  //   re [0.92 + 0.25 * 0.02, 0.96 + 0.75 * 0.02] = [0.925, 0.975]: only 0.94, 0.96 pass
+  //   im [-0.3 + 0.25 * 0.2, 0.1 + 0.75 * 0.2] = [-0.25, 0.25]:   only -0.1, 0.1 pass
+  // Shared (the 12 values, positions 2.75 and 8.25): [-0.1 + 0.75 * 0.2, 0.94 + 0.25 * 0.02] =
+  //   [0.05, 0.945], widened to [0, 0.945]: re 0.90, 0.92, 0.94 pass; im 0.1, 0.3, 0.5 pass.
+  // Every clipped value lies 4 or more steps beyond its range.
+  const std::vector<float> re = {0.90f, 0.92f, 0.94f, 0.96f, 0.98f, 0.99f}, im = {-0.5f, -0.3f, -0.1f, 0.1f, 0.3f, 0.5f};
+  struct expected_masks {
+    const char* config;
+    std::vector<float> re, im;
+  };
+  for (const expected_masks& e : {expected_masks{"Abar8p75r_Cbar8p75r", {0, 0, 1, 1, 0, 0}, {0, 0, 1, 1, 0, 0}},
+                                  expected_masks{"Abar8p75_Cbar8p75", {1, 1, 1, 0, 0, 0}, {0, 0, 0, 1, 1, 1}}}) {
+    INFO(e.config);
+    ssmq::quant::qat_model q(m, ssmq::precision_from_name(e.config), abar_parameterization::discrete);
+    auto& s = q.shadows.layers[0];
+    for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t n = 0; n < M; ++n) {
+        s.abar0[h * M + n] = s.ssm.C_re[h * M + n] = re[n];
+        s.abar1[h * M + n] = s.ssm.C_im[h * M + n] = im[n];
+      }
+    const auto pp = q.prepare();
+    const auto& l = pp.layers[0];
+    const bool split = q.spec()[ssmq::component::abar].split_parts;
+    CHECK(l.q_abar.second_params.size() == (split ? H : 0));
+    const ssmq::int_limits lim = l.q_abar.spec.limits();
+    for (std::size_t i = 0; i < H * M; ++i) {
+      INFO("value " << i);
+      CHECK(l.m_a0[i] == e.re[i % M]);
+      CHECK(l.m_a1[i] == e.im[i % M]);
+      CHECK(l.m_cre[i] == e.re[i % M]);
+      CHECK(l.m_cim[i] == e.im[i % M]);
+      // Split: read against the real part's range [0.925, 0.975], every imaginary value would
+      // be clipped; its mask passes -0.1 and 0.1 because it reads the imaginary part's own.
+      if (split) CHECK_FALSE(ssmq::kernels::scalar::ste_passes(im[i % M], l.q_abar.of_head(i / M), lim));
+    }
+    // The masks reach the shadow gradients: no gradient through a clipped value.
+    const auto data = ssmq_test::noise_images(2, 3);
+    ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {2, ssmq::data::batch_order::sequential, 0, false});
+    std::vector<float> logits;
+    const auto g = qat_grads(q, first_batch(b), logits);
+    bool passed_nonzero = false;
+    for (std::size_t i = 0; i < H * M; ++i) {
+      if (e.im[i % M] == 0.0f) CHECK(g.layers[0].abar1[i] == 0.0f);
+      else passed_nonzero = passed_nonzero || g.layers[0].abar1[i] != 0.0f;
+      if (e.re[i % M] == 0.0f) CHECK(g.layers[0].ssm.C_re[i] == 0.0f);
+    }
+    CHECK(passed_nonzero);
+  }
+}
+
+TEST_CASE("parts ranged apart in QAT: PTQ's values before training; the polar parameterization refuses Abar..r") {
+  const auto m = ssmq_test::small_model();
+  CHECK_THROWS_WITH_AS(ssmq::quant::qat_model(m, ssmq::precision_from_name("Abar8r"), abar_parameterization::polar),
+                       doctest::Contains("'Abar8r' ranges Abar's real and imaginary parts apart (flag r)"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(ssmq::quant::qat_model(m, ssmq::precision_from_name("Abar6ir_Cbar4r"), abar_parameterization::polar),
+                  std::invalid_argument);
+  // Polar trains Ā as magnitude and phase; B̄ and C̄ stay (re, im), where flag r applies.
+  const auto spec = ssmq::precision_from_name("Abar8_Bbar6r_Cbar4r");
+  ssmq::quant::qat_model polar(m, spec, abar_parameterization::polar);
+  const auto pp = polar.prepare();
+  CHECK(pp.layers[0].q_cbar.second_params.size() == m.shape().heads);
+  const ssmq::quant::fake_quant_model fm(polar.parts(pp));
+  CHECK(fm.layers()[1].q_bbar.second_params.size() == m.shape().heads);
+  // The discrete parameterization starts from exactly PTQ's quantized values.
+  const auto split = ssmq::precision_from_name("Abar8r_Bbar6r_Cbar4r");
+  const ssmq::quant::qat_model q(m, split, abar_parameterization::discrete);
+  const ssmq::quant::fake_quant_model ptq(m, split);
+  const auto qp = q.prepare();
+  for (std::size_t l = 0; l < 2; ++l) {
+    CHECK(qp.layers[l].abar_re == ptq.layers()[l].abar_re);
+    CHECK(qp.layers[l].abar_im == ptq.layers()[l].abar_im);
+    CHECK(qp.layers[l].c_im == ptq.layers()[l].c_im);
+    CHECK(qp.layers[l].q_abar.second_params == ptq.layers()[l].q_abar.second_params);
+  }
+}
+
+TEST_CASE("Ā ranged apart at 16 bits: the discrete parameterization's shadow gradients agree with a central difference") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(4, 5);
+  ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {4, ssmq::data::batch_order::sequential, 0, false});
+  const auto batch = first_batch(b);
+  // Only Ā is quantized, its steps (at most 6.1e-5, the 2^-14 floor of values up to 1) far below
+  // the differences' steps: the straight-through gradient is the derivative of the loss.
+  ssmq::quant::qat_model q(m, ssmq::precision_from_name("Abar16r"), abar_parameterization::discrete);
+  REQUIRE(q.prepare().layers[0].q_abar.second_params.size() == m.shape().heads);
+  // Along every shadow, as the float check above.
+  const directional all = directional_derivative(q, batch);
+  CHECK(all.analytic == doctest::Approx(all.numeric).epsilon(2e-2));
+  // Along Ā's real parts alone (a finer step: Ā enters the loss through its powers, so at 1e-2
+  // the central difference is off by 2.5 % of this derivative). Read against the imaginary
+  // part's range these values would be clipped and this derivative would vanish. (Along the
+  // imaginary parts the derivative is below the differences' resolution: their masks are
+  // checked on a constructed case above.)
+  const directional re = directional_derivative(q, batch, "kernel.Abar_re", 1e-3f);
+  CHECK(std::fabs(re.analytic) > 0.1);
+  CHECK(re.analytic == doctest::Approx(re.numeric).epsilon(1e-2).scale(0.0));
+}
+
+TEST_CASE("parts ranged apart: dampening, oscillation freezing and rounding margins read each part's own grid") {
+  const auto m = ssmq_test::small_model();
+  const auto data = ssmq_test::noise_images(6, 13);
+  ssmq::data::batcher b(data, ssmq::data::compute_normalisation(data), {6, ssmq::data::batch_order::sequential, 0, false});
+  ssmq::quant::qat_model q(m, ssmq::precision_from_name("Abar8r_Cbar6r_W8"), abar_parameterization::discrete);
+  q.calibrate(b, 1, 1);
+  const std::size_t M = m.shape().modes();
+  const auto pp = q.prepare();
+  const auto& qa = pp.layers[0].q_abar;
+  REQUIRE(qa.second_params.size() == m.shape().heads);
+  // Ā's parts have very different steps: a wrong grid is off by far more than the tolerances.
+  CHECK(qa.second_params[0].scale > 4 * qa.params[0].scale);
+
+  // Dampening: w - g / lambda is a grid point of the part's own grid, at most half its step away.
+  const float lambda = 0.5f;
+  ssmq::quant::qat_params g(q.shape(), abar_parameterization::discrete);
+  g.zero();
+  q.add_dampening(pp, lambda, g);
+  const tensors grad = named(g), w = named(q.shadows);
+  auto on_own_grid = [&](const std::string& name, const ssmq::quant::point_quantizer& pq, bool imaginary,
+                         const std::vector<float>& mask) {
+    INFO(name);
+    std::size_t pulled = 0;
+    for (std::size_t i = 0; i < w.at(name).size(); ++i) {
+      const ssmq::affine_params p = pq.of_head((i / M) % pq.heads, imaginary);
+      const double d = grad.at(name)[i] / lambda * p.scale * p.scale;
+      if (mask[i] == 0.0f) continue;
+      CHECK(std::fabs(d) <= 0.5 * p.scale * (1 + 1e-3));
+      const double level = (w.at(name)[i] - d) / p.scale + p.zero_point;
+      CHECK(std::fabs(level - std::round(level)) < 1e-2);
+      pulled += d != 0.0;
+    }
+    CHECK(pulled > 0);
+  };
+  on_own_grid("s4_layers.0.kernel.Abar_re", qa, false, pp.layers[0].m_a0);
+  on_own_grid("s4_layers.0.kernel.Abar_im", qa, true, pp.layers[0].m_a1);
+  on_own_grid("s4_layers.0.kernel.C_im", pp.layers[0].q_cbar, true, pp.layers[0].m_cim);
+
+  // Oscillation freezing: an imaginary value of Ā that flips up a level and back is frozen on
+  // a level of the imaginary part's grid (the real part's grid would put it elsewhere).
+  auto& im = q.shadows.layers[0].abar1;
+  // Head 0's median value: far from the range's ends, so moving it keeps the grid.
+  std::vector<std::size_t> order(M);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t c) { return im[a] < im[c]; });
+  const std::size_t k = order[M / 2];
+  const ssmq::affine_params p = qa.of_head(0, true);
+  const auto level = [&](float v) { return static_cast<long>(std::nearbyint(v / p.scale)) + p.zero_point; };
+  const auto at = [&](double lv) { return static_cast<float>((lv - p.zero_point) * p.scale); };
+  const long L = level(im[k]);
+  ssmq::quant::oscillation_freezer fz(q, {.threshold = 0.3, .momentum = 0.5});
+  im[k] = at(L + 0.6);
+  fz.after_step(q, q.prepare());
+  im[k] = at(L + 0.1);
+  fz.after_step(q, q.prepare());
+  REQUIRE(fz.frozen_total() == 1);
+  CHECK(q.prepare().layers[0].q_abar.of_head(0, true) == p);  // its grid did not move
+  CHECK(im[k] == at(L));
+
+  // Rounding margins: the imaginary part is measured in its own steps.
+  ssmq::quant_spec spec;
+  spec.bits = 4;
+  spec.split_parts = true;
+  ssmq::quant::point_quantizer ps{spec, 1, {ssmq::affine_params{1.0f, 1.0f, 0}}};
+  ps.second_params = {ssmq::affine_params{0.1f, 10.0f, 0}};
+  // 0.05 and 0.07 are 0.5 and 0.7 imaginary steps (one threshold); in real steps 0.05, 0.07.
+  const std::vector<float> v{0.05f, 0.07f};
+  CHECK(ssmq::quant::rounding_margins(v, ps, 2, true).within_1pc == 1);
+  CHECK(ssmq::quant::rounding_margins(v, ps, 2, false).within_1pc == 0);
 }

@@ -103,7 +103,7 @@ class oscillation_freezer {
         t.frequency[i] = m * event + (1.0f - m) * t.frequency[i];
         t.mean_level[i] = m * lv + (1.0f - m) * t.mean_level[i];
         if (may_freeze && t.frequency[i] > static_cast<float>(o_.threshold)) {
-          const affine_params& p = params_of(v, i);
+          const affine_params& p = v.params_of(i);
           const int_limits lim = v.point.spec.limits();
           const double q = std::clamp(std::nearbyint(static_cast<double>(t.mean_level[i])), static_cast<double>(lim.qmin),
                                       static_cast<double>(lim.qmax));
@@ -164,12 +164,9 @@ class oscillation_freezer {
     std::vector<float> level, mean_level, direction, frequency, frozen, held;
   };
 
-  static const affine_params& params_of(const qat_model::quantized_view& v, std::size_t i) {
-    return v.point.params.size() == 1 ? v.point.params[0] : v.point.params[(i / v.inner) % v.point.heads];
-  }
   /// The integer level of a fake-quantized value (it sits on its grid point).
   static float level_of(const qat_model::quantized_view& v, std::size_t i) {
-    const affine_params& p = params_of(v, i);
+    const affine_params& p = v.params_of(i);
     return static_cast<float>(std::nearbyint(static_cast<double>(v.quantized[i]) / p.scale) + p.zero_point);
   }
   oscillation_options o_;

@@ -597,6 +597,11 @@ class qat_model {
     const std::vector<float>& mask;
     const point_quantizer& point;
     std::size_t inner;
+    bool imaginary = false;  ///< a complex tensor's imaginary part (its own range under flag r)
+    /// The parameters that quantized value i.
+    [[nodiscard]] const affine_params& params_of(std::size_t i) const {
+      return point.of_head((i / inner) % point.heads, imaginary);
+    }
   };
   /// f(view, get) for every shadow that is itself quantized - every Linear weight, C̄ (re, im),
   /// D, and B̄ and Ā where they are trained as values (not under continuous, not B̄ when folded)
@@ -607,7 +612,8 @@ class qat_model {
   void for_each_quantized_shadow(const qat_prepared& pp, F&& f) const {
     const auto visit = [&](std::string name, const std::vector<float>& q, const std::vector<float>& m,
                            const point_quantizer& pq, std::size_t inner, auto get) {
-      if (pq.active()) f(quantized_view{std::move(name), q, m, pq, inner}, get);
+      const bool imaginary = name.ends_with("_im");
+      if (pq.active()) f(quantized_view{std::move(name), q, m, pq, inner, imaginary}, get);
     };
     visit("encoder.weight", pp.enc.W, pp.m_w_enc, pp.q_w_enc, shadows.encoder.in,
           [](auto& p) -> auto& { return p.encoder.W; });
@@ -650,8 +656,7 @@ class qat_model {
       const std::vector<float>& w = get(shadows);
       std::vector<float>& g = get(grads);
       for (std::size_t i = 0; i < w.size(); ++i) {
-        const float s = v.point.params.size() == 1 ? v.point.params[0].scale
-                                                    : v.point.params[(i / v.inner) % v.point.heads].scale;
+        const float s = v.params_of(i).scale;
         g[i] += lambda * v.mask[i] * (w[i] - v.quantized[i]) / (s * s);
       }
     });

@@ -22,17 +22,18 @@ struct margin_summary {
 
 /// Counts, for `v` laid out as [heads, inner] under the frozen point `q`, how many values lie
 /// within 1 % and 5 % of a quantization step of a rounding threshold (a spread that is uniform
-/// between grid points gives 2 % and 10 %). Throws std::invalid_argument for a point that is
+/// between grid points gives 2 % and 10 %). `imaginary`: v is a complex tensor's imaginary
+/// part (its own parameters under flag r). Throws std::invalid_argument for a point that is
 /// not quantized or has no parameters.
 [[nodiscard]] inline margin_summary rounding_margins(std::span<const float> v, const point_quantizer& q,
-                                                     std::size_t inner) {
-  if (!q.active() || q.params.empty())
+                                                     std::size_t inner, bool imaginary = false) {
+  if (!q.active() || q.params.empty() || (imaginary && q.spec.split_parts && q.second_params.empty()))
     throw std::invalid_argument("ssmq: rounding_margins needs a quantized point with parameters");
   const head_layout layout = head_layout{q.heads, inner}.for_granularity(q.spec.gran);
   const int_limits lim = q.spec.limits();
   margin_summary s;
   for (std::size_t i = 0; i < v.size(); ++i) {
-    const affine_params& p = q.params[q.params.size() == 1 ? 0 : layout.head_of(i)];
+    const affine_params& p = q.of_head(layout.head_of(i), imaginary);
     const double t = static_cast<double>(v[i]) / p.scale + p.zero_point;  // in steps
     if (t < lim.qmin - 0.5 || t > lim.qmax + 0.5) {
       ++s.clipped;
