@@ -65,6 +65,7 @@ FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "
 # Ā's real and imaginary parts ranged apart (flag r, tools/qat-runs split): each such run beside
 # the run of the same recipe with one shared range (None: no counterpart).
 SPLIT_PAIRS = [("fold8r-k28-x16-frozen-osc0.05b4-s0", "fold8-k28-x16-frozen-osc0.05b4-s0"),
+               ("fold4w8r-k28-x16-frozen-osc0.05b4-s0", None),
                ("fold4r-wide-frozen-osc0.05-s0", "fold4-wide-frozen-osc0.05-s0"),
                ("all8r-x12-frozen-s0", "all8-x12-frozen-s0"),
                ("hetero8r-frozen-s0", "hetero8-frozen-s0"),
@@ -399,11 +400,11 @@ def main():
         w("|---|---|--:|--:|--:|---|--:|--:|--:|")
         for a, b in SPLIT_PAIRS:
             if a not in runs:
-                w(f"| {a} | not run yet | | | | {b} | | | |")
+                w(f"| {a} | not run yet | | | | {b or '-'} | | | |")
                 continue
-            r, o = runs[a], runs.get(b)
+            r, o = runs[a], runs.get(b) if b else None
             other = (f"{b} | {pct(o['ptq_val_accuracy'])} | {pct(o['best_val_accuracy'])} ({o['best_epoch']}) | "
-                     f"{pct(o['test_accuracy'])}") if o else f"{b} | - | - | -"
+                     f"{pct(o['test_accuracy'])}") if o else f"{b or '-'} | - | - | -"
             w(f"| {a} | `{r['config']}` | {pct(r['ptq_val_accuracy'])} | {pct(r['best_val_accuracy'])} ({r['best_epoch']}) | "
               f"{pct(r['test_accuracy'])} | {other} |")
     else:
