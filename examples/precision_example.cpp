@@ -22,6 +22,16 @@ static_assert(!hetero::spec_of<ssmq::component::cbar>.quantized());      // C̄ 
 static_assert(ssmq::memory_footprint<hetero>().total() == 11114);        // bytes, paper's model
 // [configuration]
 
+// [split]
+// Ā's real and imaginary parts on ranges of their own (flag r): the same bytes for the values,
+// a second scale and zero-point per head.
+using split = ssmq::precision<ssmq::abar<8, ssmq::split_re_im>, ssmq::state<8>, ssmq::weights<4>, ssmq::acts<6>>;
+static_assert(split::name() == "Abar8r_x8_W4_act6");
+static_assert(split::spec_of<ssmq::component::abar>.split_parts);
+static_assert(ssmq::memory_footprint<split>().parameter_bytes == ssmq::memory_footprint<hetero>().parameter_bytes);
+static_assert(ssmq::memory_footprint<split>().qparam_bytes == ssmq::memory_footprint<hetero>().qparam_bytes + 16 * 6);
+// [split]
+
 int main() {
   // [quantizer]
   // Calibrate a per-head quantizer for Ā on observed data, freeze it, then quantize.
