@@ -512,6 +512,29 @@ def section_state_percentile(results):
     return lines
 
 
+def flag_tables(results, flag, bits_list, configs, labels, configs_intro):
+    """The two tables of a quantizer flag of Ā: Ā alone at each width without and with the flag,
+    then whole configurations without and with it. labels: (without, with) in words."""
+    def unstable(row):
+        return MISSING if row is None else str(int(row["unstable_modes"]))
+
+    plain, flagged = labels
+    rows = []
+    for b in bits_list:
+        a, f = lookup(results, f"Abar{b}"), lookup(results, f"Abar{b}{flag}")
+        rows.append([str(b), pct(a, 2), unstable(a), pct(f, 2), unstable(f)])
+    lines = [table(["Ā bits", f"{plain} (`Abar<b>`): accuracy %", f"{plain}: unstable modes",
+                    f"{flagged} (`Abar<b>{flag}`): accuracy %", f"{flagged}: unstable modes"], rows, "rrrrr"), ""]
+    lines += configs_intro + [""]
+    rows = []
+    for name, flag_name in configs:
+        a, f = lookup(results, name), lookup(results, flag_name)
+        rows.append([code(name), pct(a, 2), unstable(a), code(flag_name), pct(f, 2), unstable(f)])
+    lines += [table([f"configuration ({plain})", "accuracy %", "unstable modes", f"Ā {flagged}",
+                     "accuracy %", "unstable modes"], rows, "lrrlrr"), ""]
+    return lines
+
+
 def section_abar_inside(results):
     lines = [
         "## Ā rounded inside the unit circle",
@@ -523,26 +546,9 @@ def section_abar_inside(results):
         "modes with quantized |Ā| >= 1, as in \"Stability and clamping\".",
         "",
     ]
-
-    def unstable(row):
-        return MISSING if row is None else str(int(row["unstable_modes"]))
-
-    rows = []
-    for b in ABAR_INSIDE_BITS:
-        near, inside = lookup(results, f"Abar{b}"), lookup(results, f"Abar{b}i")
-        rows.append([str(b), pct(near, 2), unstable(near), pct(inside, 2), unstable(inside)])
-    lines += [table(["Ā bits", "nearest (`Abar<b>`): accuracy %", "nearest: unstable modes",
-                     "inside (`Abar<b>i`): accuracy %", "inside: unstable modes"], rows, "rrrrr"), ""]
-    lines += ["Every component at 8 bits and the paper's heterogeneous configurations, with Ā",
-              "rounded to nearest and inside the unit circle:", ""]
-    rows = []
-    for name, inside_name in INSIDE_CONFIGS:
-        near, inside = lookup(results, name), lookup(results, inside_name)
-        rows.append([code(name), pct(near, 2), unstable(near), code(inside_name), pct(inside, 2),
-                     unstable(inside)])
-    lines += [table(["configuration (nearest)", "accuracy %", "unstable modes", "with Ā inside",
-                     "accuracy %", "unstable modes"], rows, "lrrlrr"), ""]
-    return lines
+    return lines + flag_tables(results, "i", ABAR_INSIDE_BITS, INSIDE_CONFIGS, ("nearest", "inside"),
+                               ["Every component at 8 bits and the paper's heterogeneous configurations, with Ā",
+                                "rounded to nearest and inside the unit circle:"])
 
 
 def section_abar_split(results):
@@ -557,26 +563,9 @@ def section_abar_split(results):
         "test accuracies in percent; unstable modes have quantized |Ā| >= 1.",
         "",
     ]
-
-    def unstable(row):
-        return MISSING if row is None else str(int(row["unstable_modes"]))
-
-    rows = []
-    for b in ABAR_SPLIT_BITS:
-        shared, split = lookup(results, f"Abar{b}"), lookup(results, f"Abar{b}r")
-        rows.append([str(b), pct(shared, 2), unstable(shared), pct(split, 2), unstable(split)])
-    lines += [table(["Ā bits", "one range (`Abar<b>`): accuracy %", "one range: unstable modes",
-                     "parts apart (`Abar<b>r`): accuracy %", "parts apart: unstable modes"], rows, "rrrrr"), ""]
-    lines += ["Every component at 8 bits (with the state at 8 and at 12 bits) and the paper's",
-              "heterogeneous configuration, with one range and with Ā's parts ranged apart:", ""]
-    rows = []
-    for name, split_name in SPLIT_CONFIGS:
-        shared, split = lookup(results, name), lookup(results, split_name)
-        rows.append([code(name), pct(shared, 2), unstable(shared), code(split_name), pct(split, 2),
-                     unstable(split)])
-    lines += [table(["configuration (one range)", "accuracy %", "unstable modes", "with Ā's parts apart",
-                     "accuracy %", "unstable modes"], rows, "lrrlrr"), ""]
-    return lines
+    return lines + flag_tables(results, "r", ABAR_SPLIT_BITS, SPLIT_CONFIGS, ("one range", "parts apart"),
+                               ["Every component at 8 bits (with the state at 8 and at 12 bits) and the paper's",
+                                "heterogeneous configuration, with one range and with Ā's parts ranged apart:"])
 
 
 def section_stability(results):
