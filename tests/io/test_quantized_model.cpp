@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <ssmq/io/quantized_model.hpp>
+#include <ssmq/precision/footprint.hpp>
 
 namespace {
 
@@ -333,22 +334,38 @@ TEST_CASE("complex formats: one key when they agree (as in every earlier file), 
   check_load_fails(bad, {"metadata 'ssmq.complex' is missing"});
 }
 
-TEST_CASE("the shipped quantized model files load, carry their configuration and are saved back to the same bytes") {
+TEST_CASE("the shipped quantized model files load, carry their configuration, shape and bytes, and are saved back to the same bytes") {
   struct shipped {
     const char* file;
     const char* config;
+    std::size_t modes, parameter_bytes;  // as docs/qat.md, "The shipped QAT model", gives them
   };
-  for (const shipped m : {shipped{"smnist-s4d-h16-qat-hetero8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6"},
-                          shipped{"smnist-s4d-h16-qat-wide8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8"},
-                          shipped{"smnist-s4d-h16-qat-fold4.quant.safetensors", "Abar8_Cbar4f_D4_x12_ssm8_W4_act8"}}) {
+  const std::vector<shipped> all = {
+      {"smnist-s4d-h16-qat-hetero8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x8_ssm6_W4_act6", 32, 2632},
+      {"smnist-s4d-h16-qat-wide8.quant.safetensors", "Abar8_Bbar4_Cbar4_D4_x12_ssm8_W4_act8", 32, 2632},
+      {"smnist-s4d-h16-qat-fold4.quant.safetensors", "Abar8_Cbar4f_D4_x12_ssm8_W4_act8", 32, 2184},
+      {"smnist-s4d-h16-k24-qat-fold4.quant.safetensors", "Abar8_Cbar4f_D4_x12_ssm8_W4_act8", 24, 1800},
+      {"smnist-s4d-h16-k28-qat-w8r.quant.safetensors", "Abar8r_Cbar4f_D4_x16_ssm8_W8_act8", 28, 2336}};
+  std::size_t on_disk = 0;  // every shipped model is listed here (models/previous/ holds replaced ones)
+  for (const auto& e : fs::directory_iterator(SSMQ_MODELS_DIR))
+    on_disk += e.path().filename().string().ends_with(".quant.safetensors") ? 1 : 0;
+  CHECK(on_disk == all.size());
+  for (const shipped& m : all) {
     INFO(m.file);
     const fs::path path = fs::path(SSMQ_MODELS_DIR) / m.file;
     const auto loaded = io::load_quantized_model(path);
     CHECK(loaded.model.complex_forms() == ssmq::quant::complex_format::re_im);
     CHECK(loaded.model.spec().name().view() == std::string_view(m.config));
+    CHECK(loaded.model.shape().modes() == m.modes);
+    CHECK(ssmq::memory_footprint(loaded.model.spec(), loaded.model.shape()).parameter_bytes == m.parameter_bytes);
     std::ifstream in(path, std::ios::binary);
     const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CHECK(io::to_bytes(io::quantized_to_safetensors(loaded.model, loaded.input_norm)) == bytes);
+    // 784 mid-grey pixels run through it to finite logits.
+    const auto grey = static_cast<float>((0.5 - loaded.input_norm.mean) / loaded.input_norm.std);
+    std::vector<float> x(784, grey), logits(loaded.model.shape().classes);
+    loaded.model.forward_sequence(x.data(), x.size(), logits.data());
+    for (const float v : logits) CHECK(std::isfinite(v));
   }
 }
 
@@ -602,3 +619,4 @@ TEST_CASE("saving refuses a zero-point outside the range its quantizer allows, r
         "ssmq: cannot save the quantized model: 's4_layers.0.kernel.Abar' has a zero-point outside the range its "
         "quantizer allows");
 }
+
