@@ -11,7 +11,9 @@
 //               Under Cbar<b>f (C̄ carries B̄, s4d/fold.hpp) B̄ is one float32 per head.
 //   qparams     per quantized tensor or quantization point, per head (or once per tensor):
 //               a float32 scale plus a 16-bit zero-point (none for symmetric); twice for a
-//               complex tensor whose real and imaginary parts have their own ranges.
+//               complex tensor whose real and imaginary parts have their own ranges (their
+//               zero-points, up to 2^14 levels beyond [qmin, qmax], fit 16 bits up to 15-bit
+//               values; at 16 bits they would need 32).
 #include <cstddef>
 
 #include "component.hpp"
