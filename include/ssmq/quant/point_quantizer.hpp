@@ -197,21 +197,21 @@ struct point_quantizer {
     auto norm2 = [](double a, double b) { return a * a + b * b; };
     for (std::size_t i = 0; i < re.size(); ++i) {
       if (!(norm2(re[i], im[i]) >= 1.0)) continue;  // inside, or NaN
-      const affine_params& p = of_head((i / inner) % heads);
-      const affine_params& pi = of_head((i / inner) % heads, true);
+      const affine_params& p_re = of_head((i / inner) % heads);
+      const affine_params& p_im = of_head((i / inner) % heads, true);
       double tr = ref_re[i], ti = ref_im[i];
       if (const double r = std::hypot(tr, ti); !(r < 1.0)) {
-        const double step = std::max(p.scale, pi.scale);
+        const double step = std::max(p_re.scale, p_im.scale);
         const double pull = std::max(0.0, 1.0 - 0.5 * step) / r;  // half a step inside
         tr *= pull;
         ti *= pull;
       }
-      const auto lr = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(tr), p, lim));
-      const auto li = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(ti), pi, lim));
+      const auto lr = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(tr), p_re, lim));
+      const auto li = static_cast<std::int32_t>(kernels::scalar::level(static_cast<float>(ti), p_im, lim));
       double best = std::numeric_limits<double>::infinity();
       for (std::int32_t a = std::max(lr - 3, lim.qmin); a <= std::min(lr + 3, lim.qmax); ++a)
         for (std::int32_t b = std::max(li - 3, lim.qmin); b <= std::min(li + 3, lim.qmax); ++b) {
-          const float vr = kernels::scalar::dequantize_value(a, p), vi = kernels::scalar::dequantize_value(b, pi);
+          const float vr = kernels::scalar::dequantize_value(a, p_re), vi = kernels::scalar::dequantize_value(b, p_im);
           if (!(norm2(vr, vi) < 1.0)) continue;
           const double d = (vr - tr) * (vr - tr) + (vi - ti) * (vi - ti);
           if (d < best) {
