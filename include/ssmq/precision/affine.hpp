@@ -2,8 +2,9 @@
 // The affine quantizer's parameters: q = clamp(round_half_up(v / scale) + zero_point, qmin,
 // qmax), v ~ (q - zero_point) * scale. Ranges include 0 so that 0 (the initial state,
 // padding) is exactly representable - except the parts of a complex parameter ranged apart
-// (quant_spec::split_parts): Ā's real parts lie in about [0.98, 1), and a range stretched to
-// 0 would leave them a few levels. Their zero-point then lies outside [qmin, qmax].
+// (quant_spec::split_parts): where Ā's modes turn slowly its real parts lie in a narrow band
+// just below 1, and a range stretched to 0 would leave them a few levels. Their zero-point
+// then lies outside [qmin, qmax].
 #include <algorithm>
 #include <cmath>
 #include <cstddef>

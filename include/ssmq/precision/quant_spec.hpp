@@ -33,9 +33,9 @@ struct quant_spec {
   /// only as the product C̄_n B̄_n, so B̄ folds into C̄ exactly and leaves one float per head.
   bool carries_bbar = false;
   /// Complex tensors only (Ā, B̄, C̄), in (re, im) format: the real and the imaginary parts
-  /// each get their own range (per head, or per tensor). Ā's real parts crowd just below 1
-  /// while its imaginary parts spread over (-1, 1): one shared range leaves the real parts,
-  /// which set each mode's decay, a handful of levels.
+  /// each get their own range (per head, or per tensor). Where Ā's modes turn slowly its
+  /// real parts crowd just below 1: one range shared with the imaginary parts and 0 leaves
+  /// them, which set each mode's decay, a handful of levels.
   bool split_parts = false;
 
   [[nodiscard]] constexpr bool quantized() const noexcept { return bits != fp32; }
