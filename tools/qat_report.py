@@ -66,7 +66,7 @@ FOLD_PAIRS = [("fold8-x12-frozen", "hetero8-x12-frozen"), ("fold4-x12-frozen", "
 # Ā's real and imaginary parts ranged apart (flag r, tools/qat-runs split): each such run beside
 # the run of the same recipe with one shared range (None: no counterpart).
 SPLIT_PAIRS = [("fold8r-k28-x16-frozen-osc0.05b4-s0", "fold8-k28-x16-frozen-osc0.05b4-s0"),
-               ("fold4w8r-k28-x16-frozen-osc0.05b4-s0", None),
+               ("fold4w8r-k28-x16-frozen-osc0.05b4-s0", "fold4w8-k28-x16-frozen-osc0.05b4-s0"),
                ("fold4w8r-k28-x16-frozen-osc0.05b4-lr3e-4-s0", None),
                ("fold4r-wide-frozen-osc0.05-s0", "fold4-wide-frozen-osc0.05-s0"),
                ("all8r-x12-frozen-s0", "all8-x12-frozen-s0"),
